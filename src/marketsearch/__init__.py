@@ -1,0 +1,1 @@
+"""marketsearch: listings classification and search."""
