@@ -1,1 +1,3 @@
 """marketsearch: listings classification and search."""
+
+__version__ = "0.1.0"

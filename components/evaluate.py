@@ -1,0 +1,107 @@
+"""evaluate: image, text and fused models on the test pairs; champion/challenger decision.
+
+The challenger is registered as a new model version whatever the outcome (MLflow keeps every
+version). The current champion, if any, is evaluated on the same test pairs, so the two
+scores are comparable; only a challenger that beats it is marked for promotion.
+"""
+
+import logging
+from pathlib import Path
+
+from kfp import dsl
+
+from marketsearch.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: Config, clean_dir: str | Path, bundle_dir: str | Path, out_dir: str | Path,
+             champion_dir: str | Path | None = None) -> dict:
+    """Write ``evaluation.json`` (+ champion's), ``decision.json`` and confusion-matrix PNGs."""
+    from marketsearch import plots, snapshot
+    from marketsearch.bundle import Bundle
+    from marketsearch.components.clean import CleanData
+    from marketsearch.evaluation import MODALITIES, evaluate_pairs, headline
+    from marketsearch.metrics import compare
+
+    data = CleanData.load(clean_dir)
+    test = data.images[data.images["split"] == "test"]
+    result = evaluate_pairs(Bundle(bundle_dir), data.products, test, data.pixels)
+    champion = None
+    if champion_dir is not None:
+        champion = evaluate_pairs(Bundle(champion_dir), data.products, test, data.pixels)
+    decision = compare(result["fusion"], champion["fusion"] if champion else None,
+                       cfg.evaluate.promotion_metric, cfg.evaluate.min_improvement)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    snapshot.write_json(out_dir, "evaluation.json", result)
+    if champion:
+        snapshot.write_json(out_dir, "champion_evaluation.json", champion)
+    snapshot.write_json(out_dir, "decision.json", decision)
+    labels = Bundle(bundle_dir).labels + result["unknown_categories"]
+    for m in MODALITIES:
+        plots.confusion_matrix_png(result[m]["confusion_matrix"], labels, out_dir / f"confusion_{m}.png",
+                                   f"{m} model on the test pairs (accuracy {result[m]['accuracy']:.3f})")
+    summary = {"headline": headline(result), "decision": decision,
+               "champion": headline(champion) if champion else None}
+    log.info("evaluate: %s", summary)
+    return summary
+
+
+def evaluate_component(config_json: str, parent_run_id: str, clean_data: dsl.Input[dsl.Dataset],
+                       bundle: dsl.Input[dsl.Model], evaluation: dsl.Output[dsl.Artifact],
+                       metrics: dsl.Output[dsl.Metrics],
+                       confusion: dsl.Output[dsl.ClassificationMetrics],
+                       report: dsl.Output[dsl.HTML]) -> bool:
+    """KFP: evaluate, register the version, return whether deploy should promote it."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    from marketsearch import registry, tracking
+    from marketsearch.components.evaluate import evaluate
+    from marketsearch.config import Config
+    from marketsearch.reports import html_page
+
+    cfg = Config.from_json(config_json)
+    with tracking.stage_run(cfg, parent_run_id, "evaluate"), tempfile.TemporaryDirectory() as tmp:
+        current = registry.champion(cfg)
+        champion_dir = registry.download_bundle(cfg, current.version, tmp) if current else None
+        summary = evaluate(cfg, clean_data.path, bundle.path, evaluation.path, champion_dir)
+        head = summary["headline"]
+        for modality in ("image", "text", "fusion"):
+            for key, value in head[modality].items():
+                mlflow.log_metric(f"test.{modality}.{key}", value)
+                metrics.log_metric(f"{modality}_{key}", value)
+        decision = summary["decision"]
+        mlflow.log_metrics({"decision.promote": float(decision["promote"]),
+                            "decision.challenger_score": decision["challenger_score"]})
+        if decision["champion_score"] is not None:
+            mlflow.log_metric("decision.champion_score", decision["champion_score"])
+        mlflow.log_text(decision["reason"], "decision.txt")
+        out = Path(evaluation.path)
+        pngs = sorted(out.glob("confusion_*.png"))
+        for png in pngs:
+            mlflow.log_artifact(str(png), "plots")
+        mlflow.log_artifact(str(out / "evaluation.json"))
+        parent = mlflow.get_run(parent_run_id)
+        version = registry.register_bundle(cfg, bundle.path, {
+            "pipeline_run": parent.data.tags.get("pipeline_run", ""),
+            "data.content_hash": parent.data.tags.get("data.content_hash", ""),
+            "test.fusion.accuracy": head["fusion"]["accuracy"],
+            "decision": "promote" if decision["promote"] else "keep",
+            "decision.reason": decision["reason"]})
+        evaluation_json = json.loads((out / "evaluation.json").read_text())
+        fused = evaluation_json["fusion"]
+        labels = json.loads((Path(bundle.path) / "meta.json").read_text())["labels"]
+        confusion.log_confusion_matrix(labels + evaluation_json["unknown_categories"],
+                                       fused["confusion_matrix"])
+        Path(report.path).write_text(html_page("Evaluation", pngs, summary))
+        (out / "decision.json").write_text(json.dumps(dict(decision, version=version,
+                                                           pipeline_run=parent.data.tags.get("pipeline_run", ""),
+                                                           data_hash=parent.data.tags.get("data.content_hash", ""))))
+    tracking.end_parent(cfg, parent_run_id)
+    evaluation.metadata.update({"version": version, "promote": decision["promote"]})
+    return bool(decision["promote"])

@@ -1,0 +1,66 @@
+"""train_image: the photo CNN (small CNN locally, keras.applications backbone on the GPU nodes)."""
+
+import json
+import logging
+from pathlib import Path
+
+from kfp import dsl
+
+from marketsearch.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def train_image(cfg: Config, clean_dir: str | Path, out_dir: str | Path) -> dict:
+    """Train on the train split's photos, early-stop on val; write ``image.keras`` + history."""
+    import numpy as np
+
+    from marketsearch.components.clean import CleanData
+    from marketsearch.models.image import train_image_model
+
+    data = CleanData.load(clean_dir)
+    labels = data.labels
+    index = {c: i for i, c in enumerate(labels)}
+    y = data.images["category"].map(index).to_numpy(np.int32)
+    rows = data.images["row"].to_numpy()
+    train = (data.images["split"] == "train").to_numpy()
+    val = (data.images["split"] == "val").to_numpy()
+    model, history = train_image_model(data.pixels[rows[train]], y[train], data.pixels[rows[val]], y[val],
+                                       len(labels), cfg.image_model, cfg.seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir / "image.keras")
+    (out_dir / "history.json").write_text(json.dumps(history))
+    (out_dir / "labels.json").write_text(json.dumps(labels))
+    best = int(np.argmax(history.get("val_accuracy", [0]))) if history.get("val_accuracy") else -1
+    result = {"n_train": int(train.sum()), "n_val": int(val.sum()), "epochs_run": len(history.get("loss", [])),
+              "best_val_accuracy": float(history["val_accuracy"][best]) if best >= 0 else float("nan")}
+    log.info("train_image: %s", result)
+    return result
+
+
+def train_image_component(config_json: str, parent_run_id: str, clean_data: dsl.Input[dsl.Dataset],
+                          image_model: dsl.Output[dsl.Model], curves: dsl.Output[dsl.HTML]):
+    """KFP: train the image model; training curves to MLflow and the KFP UI."""
+    import json
+    from pathlib import Path
+
+    import mlflow
+
+    from marketsearch import plots, tracking
+    from marketsearch.components.train_image import train_image
+    from marketsearch.config import Config
+    from marketsearch.reports import html_page
+
+    cfg = Config.from_json(config_json)
+    with tracking.stage_run(cfg, parent_run_id, "train_image"):
+        mlflow.log_params(tracking.flatten(cfg.image_model.model_dump(), "image_model."))
+        result = train_image(cfg, clean_data.path, image_model.path)
+        history = json.loads((Path(image_model.path) / "history.json").read_text())
+        tracking.log_history(history, "image")
+        tracking.log_numbers(result)
+        png = plots.training_curves_png(history, Path(image_model.path) / "training_curves.png",
+                                        "Image model")
+        mlflow.log_artifact(str(png), "plots")
+        Path(curves.path).write_text(html_page("Image model training", [png], result))
+    image_model.metadata.update(result)

@@ -1,0 +1,1 @@
+"""The KFP DAGs and their compilation."""

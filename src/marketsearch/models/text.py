@@ -1,0 +1,239 @@
+"""Text classifier: a Word2Vec-initialised text CNN (the default) or a TF-Hub sentence encoder.
+
+Inputs (see ``text_input_kind``):
+
+* ``word2vec_cnn`` models take int32 token ids [N, max_len] from
+  ``marketsearch.text.encode(texts, vocab, max_len)`` (0 = padding, 1 = out of vocabulary); the
+  vocabulary travels with the model (``train_text_model`` returns it).
+* ``tfhub`` models take a string tensor [N] of ``marketsearch.text.listing_text`` strings.
+
+Both have a Dense "embedding" layer (``TextModelConfig.embedding_dim``) before the softmax
+"probs" head.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..config import TextModelConfig, Word2VecConfig
+from ..text import OOV, PAD, build_vocab, encode, tokenize
+from .training import fit, set_seed
+
+import keras  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+TOKENS, STRINGS = "tokens", "strings"
+
+
+# --- Word2Vec -------------------------------------------------------------------------------
+
+def train_word2vec(token_lists: Sequence[list[str]], cfg: Word2VecConfig, seed: int):
+    """CBOW Word2Vec on the training corpus -> gensim KeyedVectors (deterministic: one worker,
+    fixed seed)."""
+    from gensim.models import Word2Vec
+
+    token_lists = [list(t) for t in token_lists if t]
+    if not token_lists:
+        raise ValueError("train_word2vec: no non-empty token lists to train on")
+    start = time.perf_counter()
+    w2v = Word2Vec(sentences=token_lists, vector_size=cfg.vector_size, window=cfg.window,
+                   min_count=cfg.min_count, sg=0, workers=1, seed=int(seed), epochs=cfg.epochs,
+                   hashfxn=_stable_hash)
+    log.info("word2vec: %d words x %d dims from %d texts in %.1fs", len(w2v.wv),
+             cfg.vector_size, len(token_lists), time.perf_counter() - start)
+    return w2v.wv
+
+
+def _stable_hash(text: str) -> int:
+    """Process-independent hash for gensim's per-word seeding (Python's hash is salted)."""
+    import zlib
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def embedding_matrix(vocab: dict[str, int], keyed_vectors, seed: int = 0) -> np.ndarray:
+    """[len(vocab), dim] float32: Word2Vec vectors; zeros for padding; small noise for OOV and
+    for words that have no vector."""
+    dim = keyed_vectors.vector_size
+    rng = np.random.default_rng(seed)
+    scale = float(np.std(keyed_vectors.vectors)) if len(keyed_vectors) else 0.1
+    matrix = rng.normal(0.0, scale * 0.1, size=(len(vocab), dim)).astype("float32")
+    matrix[PAD] = 0.0
+    for word, idx in vocab.items():
+        if idx > OOV and word in keyed_vectors.key_to_index:
+            matrix[idx] = keyed_vectors[word]
+    return matrix
+
+
+# --- Layers ---------------------------------------------------------------------------------
+
+@keras.saving.register_keras_serializable(package="marketsearch")
+class MaskedMeanPool(layers.Layer):
+    """Mean of token vectors over the non-padding positions: ([N, T] ids, [N, T, D]) -> [N, D]."""
+
+    def call(self, inputs):
+        ids, vectors = inputs
+        mask = ops.cast(ops.not_equal(ids, PAD), vectors.dtype)[..., None]
+        total = ops.sum(vectors * mask, axis=1)
+        return total / ops.maximum(ops.sum(mask, axis=1), 1.0)
+
+    def compute_output_shape(self, input_shapes):
+        ids_shape, vec_shape = input_shapes
+        return (vec_shape[0], vec_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="marketsearch")
+class HubTextEncoder(layers.Layer):
+    """A TF-Hub (or TF SavedModel) sentence encoder loaded with ``tensorflow_hub.load``.
+
+    Takes a string tensor [N] and returns [N, output_dim] floats. The encoder is frozen; the
+    handle (a tfhub.dev/Kaggle URL or a local path) is stored in the config so that a saved
+    Keras model reloads the encoder from the same handle.
+    ``hub.KerasLayer`` is not used because it needs tf_keras, which does not mix with Keras 3.
+    """
+
+    def __init__(self, handle: str, output_dim: int | None = None, signature: str | None = None,
+                 **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.handle = str(handle)
+        self.signature = signature
+        self._encoder = self._load()
+        self.output_dim = int(output_dim) if output_dim else self._probe_dim()
+
+    def _load(self):
+        import tensorflow_hub as hub
+        module = hub.load(self.handle)
+        if self.signature:
+            return module.signatures[self.signature]
+        if not callable(module):
+            sigs = getattr(module, "signatures", {})
+            if "serving_default" in sigs:
+                return sigs["serving_default"]
+            raise ValueError(f"hub module {self.handle!r} is not callable and has no "
+                             "serving_default signature")
+        return module
+
+    def _encode(self, strings):
+        import tensorflow as tf
+        out = self._encoder(tf.reshape(tf.convert_to_tensor(strings, tf.string), [-1]))
+        if isinstance(out, dict):
+            out = out.get("outputs", out.get("default", next(iter(out.values()))))
+        return tf.cast(out, tf.float32)
+
+    def _probe_dim(self) -> int:
+        return int(self._encode(["probe"]).shape[-1])
+
+    def call(self, inputs):
+        return self._encode(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.output_dim)
+
+    def get_config(self):
+        return {**super().get_config(), "handle": self.handle, "output_dim": self.output_dim,
+                "signature": self.signature}
+
+
+# --- Models ---------------------------------------------------------------------------------
+
+def _head(x, n_classes: int, cfg: TextModelConfig):
+    x = layers.Dropout(cfg.dropout, name="features_dropout")(x)
+    x = layers.Dense(cfg.embedding_dim, activation="relu", name="embedding")(x)
+    x = layers.Dropout(cfg.dropout, name="embedding_dropout")(x)
+    return layers.Dense(n_classes, activation="softmax", name="probs")(x)
+
+
+def build_text_model(embedding_matrix: np.ndarray, n_classes: int,
+                     cfg: TextModelConfig) -> keras.Model:
+    """int32 token ids [N, max_len] -> "probs"; Embedding initialised from ``embedding_matrix``
+    (fine-tuned), Conv1D + global max pool per kernel size, plus a masked mean-pool branch."""
+    vocab_size, dim = embedding_matrix.shape
+    ids = keras.Input((cfg.max_len,), dtype="int32", name="tokens")
+    emb_layer = layers.Embedding(vocab_size, dim, name="word_embedding")
+    vectors = emb_layer(ids)
+    emb_layer.set_weights([np.asarray(embedding_matrix, dtype="float32")])
+    dropped = layers.SpatialDropout1D(cfg.dropout / 2, name="embedding_spatial_dropout")(vectors)
+    branches = []
+    for k in cfg.kernel_sizes:
+        c = layers.Conv1D(cfg.filters, k, padding="same", activation="relu", name=f"conv{k}")(dropped)
+        branches.append(layers.GlobalMaxPooling1D(name=f"maxpool{k}")(c))
+    branches.append(MaskedMeanPool(name="meanpool")([ids, dropped]))
+    x = layers.Concatenate(name="features")(branches) if len(branches) > 1 else branches[0]
+    return keras.Model(ids, _head(x, n_classes, cfg), name="text_word2vec_cnn")
+
+
+def build_hub_text_model(handle: str, n_classes: int, cfg: TextModelConfig) -> keras.Model:
+    """string [N] -> "probs" through a frozen TF-Hub encoder loaded from ``handle`` (URL or
+    local SavedModel path)."""
+    texts = keras.Input((), dtype="string", name="text")
+    x = HubTextEncoder(handle, name="hub_encoder")(texts)
+    return keras.Model(texts, _head(x, n_classes, cfg), name="text_tfhub")
+
+
+def text_input_kind(model: keras.Model) -> str:
+    """"strings" when the model takes raw listing_text strings (TF-Hub encoder), "tokens" when it
+    takes int32 ids from ``marketsearch.text.encode``. For a fused model, looks at its text
+    input (the one that is neither the photo nor a presence flag)."""
+    for tensor in model.inputs:
+        dtype = str(getattr(tensor, "dtype", ""))
+        if "string" in dtype:
+            return STRINGS
+    for tensor in model.inputs:
+        dtype = str(getattr(tensor, "dtype", ""))
+        if "int" in dtype and "uint8" not in dtype:
+            return TOKENS
+    raise ValueError(f"model {model.name!r} has no text input")
+
+
+def prepare_text_input(texts: Sequence[str], kind: str, vocab: dict[str, int] | None,
+                       max_len: int) -> np.ndarray:
+    """Listing texts -> what a text model of ``kind`` takes (token ids, or a string array)."""
+    if kind == STRINGS:
+        return np.asarray([str(t) for t in texts], dtype=object)
+    if vocab is None:
+        raise ValueError("a token-id text model needs its vocabulary")
+    return encode(texts, vocab, max_len)
+
+
+def train_text_model(texts_train: Sequence[str], y_train: np.ndarray,
+                     texts_val: Sequence[str], y_val: np.ndarray, n_classes: int,
+                     cfg: TextModelConfig, seed: int, verbose: int = 2
+                     ) -> tuple[keras.Model, dict[str, int], dict[str, Any]]:
+    """Train the text model on listing texts -> (model, vocab, history).
+
+    ``word2vec_cnn``: Word2Vec (CBOW) on the training texts, vocabulary = its words, text CNN
+    with the embedding initialised from it. ``tfhub``: ``cfg.hub_handle`` encoder, frozen; the
+    returned vocab is empty (the model takes strings).
+    """
+    set_seed(seed)
+    start = time.perf_counter()
+    history: dict[str, Any] = {}
+    if cfg.encoder == "tfhub":
+        if not cfg.hub_handle:
+            raise ValueError("text_model.hub_handle is required when text_model.encoder=tfhub")
+        model = build_hub_text_model(cfg.hub_handle, n_classes, cfg)
+        vocab: dict[str, int] = {}
+        x_train = prepare_text_input(texts_train, STRINGS, None, cfg.max_len)
+        x_val = prepare_text_input(texts_val, STRINGS, None, cfg.max_len)
+    else:
+        tokens = [tokenize(t) for t in texts_train]
+        kv = train_word2vec(tokens, cfg.word2vec, seed)
+        vocab = build_vocab(tokens, kv.index_to_key)
+        history["vocab_size"] = len(vocab)
+        model = build_text_model(embedding_matrix(vocab, kv, seed), n_classes, cfg)
+        x_train = encode(texts_train, vocab, cfg.max_len)
+        x_val = encode(texts_val, vocab, cfg.max_len)
+        history["word2vec_seconds"] = time.perf_counter() - start
+    history["train"] = fit(model, x_train, np.asarray(y_train), x_val, np.asarray(y_val),
+                           epochs=cfg.epochs, batch_size=cfg.batch_size,
+                           learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                           warmup_epochs=cfg.warmup_epochs, patience=cfg.patience, seed=seed,
+                           verbose=verbose)
+    history["seconds"] = time.perf_counter() - start
+    return model, vocab, history

@@ -1,0 +1,86 @@
+"""MLflow model registry: every trained bundle is a model version; the alias marks the champion."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from marketsearch import tracking
+from marketsearch.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def _pyfunc_class():
+    import mlflow.pyfunc
+
+    class MarketsearchModel(mlflow.pyfunc.PythonModel):
+        """Loads with ``mlflow.pyfunc.load_model``: a DataFrame with a ``text`` column (listing
+        text) in, the predicted category per row out."""
+
+        def load_context(self, context):
+            from marketsearch.bundle import Bundle
+
+            self.bundle = Bundle(context.artifacts["bundle"])
+
+        def predict(self, context, model_input, params=None):  # noqa: ARG002
+            preds = self.bundle.predict(model_input["text"].astype(str).tolist(), None,
+                                        per_modality=False)
+            return [self.bundle.labels[i] for i in preds.fused_probs.argmax(1)]
+
+    return MarketsearchModel()
+
+
+def register_bundle(cfg: Config, bundle_dir: str | Path, tags: dict[str, str]) -> str:
+    """Log the bundle as a pyfunc model in the active run and register it; return the version."""
+    import mlflow
+
+    from marketsearch import __version__
+
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=_pyfunc_class(), artifacts={"bundle": str(bundle_dir)},
+        registered_model_name=cfg.mlflow.registered_model,
+        pip_requirements=[f"marketsearch=={__version__}"])
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(cfg.mlflow.registered_model, version, key, str(value))
+    log.info("registered %s version %s", cfg.mlflow.registered_model, version)
+    return version
+
+
+def champion(cfg: Config):
+    """The model version that holds the champion alias, or None."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    tracking.setup(cfg)
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(
+            cfg.mlflow.registered_model, cfg.mlflow.champion_alias)
+    except MlflowException:
+        return None
+
+
+def download_bundle(cfg: Config, version: str, dst: str | Path) -> Path:
+    """Fetch a registered version's bundle directory to ``dst`` and return its path."""
+    import mlflow
+
+    tracking.setup(cfg)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{cfg.mlflow.registered_model}/{version}", dst_path=str(dst))
+    return Path(local) / "artifacts" / "bundle"
+
+
+def promote(cfg: Config, version: str, lineage: dict[str, str]) -> None:
+    """Give ``version`` the champion alias, recording what it replaced and where it came from."""
+    import mlflow
+
+    tracking.setup(cfg)
+    client = mlflow.MlflowClient()
+    previous = champion(cfg)
+    lineage = dict(lineage, parent_model_version=previous.version if previous else "none")
+    for key, value in lineage.items():
+        client.set_model_version_tag(cfg.mlflow.registered_model, version, f"lineage.{key}", str(value))
+    client.set_registered_model_alias(cfg.mlflow.registered_model, cfg.mlflow.champion_alias, version)
+    log.info("version %s is now %s (was %s)", version, cfg.mlflow.champion_alias,
+             previous.version if previous else "none")
