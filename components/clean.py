@@ -55,8 +55,10 @@ def stratified_split(ids: pd.Series, labels: pd.Series, fractions: dict[str, flo
         n = len(order)
         n_val = int(round(n * fractions["val"]))
         n_test = int(round(n * fractions["test"]))
-        if n >= 3:
+        if n >= 3:  # small categories still get a test listing, and a val one from 4 up
             n_test = max(n_test, 1)
+        if n >= 4:
+            n_val = max(n_val, 1)
         n_train = max(n - n_val - n_test, 0)
         out.loc[order[n_train:n_train + n_val]] = "val"
         out.loc[order[n_train + n_val:]] = "test"
@@ -144,6 +146,8 @@ def clean(cfg: Config, validated_dir: str | Path, out_dir: str | Path) -> dict:
     images = snapshot.read_table(validated_dir, "images")
     data = clean_frames(products, images, cfg)
     data.save(out_dir)
+    if cfg.database_url.startswith("sqlite:///"):
+        Path(cfg.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     upsert = db.upsert_clean(cfg.database_url, data.products,
                              data.images.drop(columns=["row"]))
     q = quarantine.frame(data.quarantine)

@@ -17,9 +17,7 @@ def ingest(cfg: Config, out_dir: str | Path) -> dict:
     (photo bytes and their sha256 inside) and ``snapshot.json`` (counts, source, content hash)."""
     from marketsearch import sources
 
-    raw = sources.read_source(cfg)
-    if cfg.data.limit:
-        raw = sources.sample(raw, cfg.data.limit, cfg.seed)
+    raw = sources.read_source(cfg)  # applies data.limit (a stratified sample) when set
     images = raw.images.copy()
     images["sha256"] = [hashlib.sha256(b).hexdigest() if b else "" for b in images["data"]]
     products = raw.products

@@ -52,7 +52,7 @@ def _photo_checks(images: pd.DataFrame, raw_ids: set, good_ids: set) -> pd.DataF
             errors.append("")
         except ImageDecodeError as exc:
             decodes.append(False)
-            errors.append(str(exc))
+            errors.append(str(exc.__cause__ or exc))
     images["decodes"] = decodes
     images["decode_error"] = errors
     images["listing_status"] = [
@@ -69,6 +69,7 @@ def _run_suite(frame: pd.DataFrame, name: str, specs: list[dict], context: dict)
     import great_expectations.expectations as gxe
 
     ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
     batch = (ctx.data_sources.add_pandas(f"raw_{name}").add_dataframe_asset(name)
              .add_batch_definition_whole_dataframe("all")
              .get_batch(batch_parameters={"dataframe": frame}))

@@ -36,7 +36,8 @@ def make_components(cfg: Config) -> SimpleNamespace:
         "build_index": build_index.build_index_component, "evaluate": evaluate.evaluate_component,
         "deploy": deploy.deploy_component,
     }
-    return SimpleNamespace(**{name: dsl.component(func, base_image=image_for(cfg, name))
+    return SimpleNamespace(**{name: dsl.component(func, base_image=image_for(cfg, name),
+                                                  install_kfp_package=False)
                               for name, func in funcs.items()})
 
 
@@ -72,6 +73,6 @@ def build_training_pipeline(cfg: Config):
                               "fused TensorFlow models -> FAISS index -> evaluated, promoted champion.")
     def training(config_json: str = cfg.to_json()):
         ing = c.ingest(config_json=config_json, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
-        training_subgraph(c, config_json, ing.output, ing.outputs["raw_snapshot"])
+        training_subgraph(c, config_json, ing.outputs["Output"], ing.outputs["raw_snapshot"])
 
     return training

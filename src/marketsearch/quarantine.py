@@ -19,7 +19,7 @@ def _jsonable(value: object) -> object:
 
 def record(table: str, row: Mapping, stage: str, field: str, reason: str) -> dict:
     raw = {k: _jsonable(v) for k, v in row.items() if k not in _NOT_KEPT}
-    row_id = row.get("id")
+    row_id = _jsonable(row.get("id"))
     return {
         "table": table,
         "row_id": str(row_id) if row_id not in (None, "") else "(missing)",

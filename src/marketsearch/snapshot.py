@@ -37,11 +37,11 @@ def content_hash(products: pd.DataFrame, images: pd.DataFrame) -> str:
     """A hash of the snapshot's content, independent of row order and file encoding."""
     digest = hashlib.sha256()
     cols = sorted(c for c in products.columns)
-    for row in products.sort_values(cols).astype(str)[cols].itertuples(index=False):
+    for row in products[cols].astype(str).sort_values(cols).itertuples(index=False):
         digest.update("\x1f".join(row).encode())
         digest.update(b"\x1e")
     img_cols = sorted(c for c in images.columns if c != "data")
-    for row in images.sort_values(img_cols).astype(str)[img_cols].itertuples(index=False):
+    for row in images[img_cols].astype(str).sort_values(img_cols).itertuples(index=False):
         digest.update("\x1f".join(row).encode())
         digest.update(b"\x1e")
     return digest.hexdigest()

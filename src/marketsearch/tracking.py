@@ -78,6 +78,7 @@ def end_parent(cfg: Config, run_id: str, status: str = "FINISHED") -> None:
 @contextlib.contextmanager
 def stage_run(cfg: Config, parent_run_id: str | None, stage: str) -> Iterator[object]:
     """A child run named after the stage, nested under the pipeline's parent run."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mlflow = _mlflow()
     setup(cfg)
     kwargs = {"parent_run_id": parent_run_id} if parent_run_id else {}

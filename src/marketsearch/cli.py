@@ -1,0 +1,198 @@
+"""The ``marketsearch`` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("marketsearch")
+
+
+def _config(args):
+    from marketsearch.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (default: config/local.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set image_model.epochs=2 (repeatable)")
+
+
+def latest_run_dir(pipeline_root: Path, name: str, since: float = 0.0) -> Path | None:
+    runs = [p for p in pipeline_root.glob(f"{name}-*") if p.is_dir() and p.stat().st_mtime >= since]
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_summary(run_dir: Path) -> dict:
+    """What a person wants to see after a run, gathered from the stages' outputs."""
+    validated = _read(run_dir / "validate-component" / "validated" / "report.json") or {}
+    cleaned = _read(run_dir / "clean-component" / "clean_data" / "summary.json") or {}
+    ingested = _read(run_dir / "ingest-component" / "raw_snapshot" / "snapshot.json") or {}
+    evaluation = run_dir / "evaluate-component" / "evaluation"
+    decision = _read(evaluation / "decision.json")
+    index = _read(run_dir / "build-index-component" / "bundle" / "index" / "manifest.json")
+    out: dict = {"run_dir": str(run_dir), "content_hash": ingested.get("content_hash")}
+    for table, raw_key, clean_key in (("listings", "n_products", "n_products"),
+                                      ("photos", "n_images", "n_images")):
+        rows_in = ingested.get(raw_key)
+        q_validate = validated.get(f"{raw_key}_quarantined", 0)
+        q_clean = cleaned.get(f"{clean_key}_quarantined", 0)
+        rows_clean = cleaned.get(clean_key)
+        out[table] = {"in": rows_in, "clean": rows_clean, "quarantined": q_validate + q_clean,
+                      "accounted": rows_in == (rows_clean or 0) + q_validate + q_clean}
+    evaluation_json = _read(evaluation / "evaluation.json")
+    if evaluation_json:
+        from marketsearch.evaluation import headline
+
+        out["test"] = headline(evaluation_json)
+    if decision:
+        out["decision"] = {k: decision.get(k) for k in ("promote", "reason", "version")}
+    if index:
+        out["index"] = index
+    return out
+
+
+def cmd_run(args) -> int:
+    from kfp import local
+
+    from marketsearch.pipelines.training import PIPELINE_NAME, build_training_pipeline
+    from marketsearch import tracking
+
+    cfg = _config(args)
+    root = cfg.path(cfg.kfp.pipeline_root)
+    root.mkdir(parents=True, exist_ok=True)
+    tracking.setup(cfg)  # create the experiment once, before the stages race to it
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               raise_on_error=True)
+    start = time.time()
+    pipeline = build_training_pipeline(cfg)
+    log.info("running %s locally (run dir %s)", PIPELINE_NAME, cfg.run_dir)
+    pipeline()
+    wall = time.time() - start
+    run_dir = latest_run_dir(root, PIPELINE_NAME, since=start - 1)
+    summary = run_summary(run_dir) if run_dir else {}
+    summary["wall_seconds"] = round(wall, 1)
+    print_summary(summary, cfg)
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def print_summary(s: dict, cfg) -> None:
+    print("\n=== marketsearch run ===")
+    print(f"wall time: {s.get('wall_seconds', 0) / 60:.1f} min   run dir: {s.get('run_dir')}")
+    for table in ("listings", "photos"):
+        t = s.get(table)
+        if t:
+            mark = "ok" if t["accounted"] else "MISMATCH"
+            print(f"{table:9s} in {t['in']} = clean {t['clean']} + quarantined {t['quarantined']}  [{mark}]")
+    for m, v in (s.get("test") or {}).items():
+        if isinstance(v, dict):
+            print(f"test {m:7s} accuracy {v['accuracy']:.3f}  top-3 {v['top3_accuracy']:.3f}  "
+                  f"macro-F1 {v['macro_f1']:.3f}")
+    if s.get("decision"):
+        d = s["decision"]
+        print(f"model version {d['version']}: {'PROMOTED to champion' if d['promote'] else 'kept'} "
+              f"({d['reason']})")
+    print(f"MLflow UI: mlflow ui --backend-store-uri {cfg.tracking_uri}")
+    print(f"served bundle: {cfg.path(cfg.serving.model_dir)}")
+
+
+def cmd_evaluate(args) -> int:
+    from marketsearch.bundle import Bundle
+    from marketsearch.components.clean import clean_frames
+    from marketsearch.components.validate import validate
+    from marketsearch.evaluation import evaluate_pairs, headline
+    from marketsearch import registry, snapshot, sources
+    import tempfile
+
+    cfg = _config(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            bundle_dir = Path(args.model)
+        else:
+            served = cfg.path(cfg.serving.model_dir)
+            current = registry.champion(cfg)
+            if served.exists():
+                bundle_dir = served
+            elif current is not None:
+                bundle_dir = registry.download_bundle(cfg, current.version, tmp)
+            else:
+                raise SystemExit("no champion bundle: run `make run` first or pass --model BUNDLE")
+        bundle = Bundle(bundle_dir)
+        raw = sources.read_local(args.data)
+        raw_dir, val_dir = Path(tmp) / "raw", Path(tmp) / "validated"
+        snapshot.write_tables(raw_dir, products=raw.products, images=raw.images)
+        cfg_eval = cfg.model_copy(deep=True)
+        cfg_eval.validate_.max_bad_fraction = 1.0  # report bad rows, never refuse to evaluate
+        report = validate(cfg_eval, raw_dir, val_dir)
+        data = clean_frames(snapshot.read_table(val_dir, "products"), snapshot.read_table(val_dir, "images"),
+                            cfg, image_size=bundle.image_size, remove_outliers=False, assign_split=False)
+        result = evaluate_pairs(bundle, data.products, data.images, data.pixels)
+    out = headline(result)
+    out["n_quarantined"] = report["n_products_quarantined"] + report["n_images_quarantined"] + len(data.quarantine)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for m in ("image", "text", "fusion"):
+            print(f"{m:7s} accuracy {out[m]['accuracy']:.3f}  top-3 {out[m]['top3_accuracy']:.3f}  "
+                  f"macro-F1 {out[m]['macro_f1']:.3f}")
+        print(f"{out['n_pairs']} photo–listing pairs")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from kfp import compiler
+
+    from marketsearch.pipelines.training import build_training_pipeline
+
+    cfg = _config(args)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_training_pipeline(cfg), str(out))
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="marketsearch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the training pipeline locally through kfp.local")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="also print the run summary as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("evaluate", help="evaluate a bundle on a directory laid out like the shared data")
+    _add_config_args(p)
+    p.add_argument("--data", required=True, help="directory with products.csv, images.csv, images/")
+    p.add_argument("--model", help="bundle directory (default: the champion)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compile", help="compile the training pipeline to YAML for the KFP UI")
+    _add_config_args(p)
+    p.add_argument("--output", default="build/pipelines/training.yaml")
+    p.set_defaults(func=cmd_compile)
+
+    args = parser.parse_args(argv)
+    if getattr(args, "json", False) and args.command == "evaluate":
+        logging.getLogger().setLevel(logging.WARNING)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

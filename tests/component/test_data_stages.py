@@ -1,0 +1,169 @@
+"""ingest -> validate -> clean on the small fixture, including malformed input."""
+import csv
+import json
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from marketsearch import snapshot
+from marketsearch.components.clean import CleanData, clean, stratified_split
+from marketsearch.components.ingest import ingest
+from marketsearch.components.validate import ValidationError, validate
+
+from .conftest import FIXTURE, make_cfg
+
+
+def run_data_stages(cfg, tmp_path):
+    raw, val, cln = tmp_path / "raw", tmp_path / "validated", tmp_path / "clean"
+    manifest = ingest(cfg, raw)
+    report = validate(cfg, raw, val)
+    summary = clean(cfg, val, cln)
+    return manifest, report, summary, CleanData.load(cln)
+
+
+def _rewrite_csv(path, mutate):
+    rows = list(csv.DictReader(open(path, newline="", encoding="utf-8")))
+    fields = list(rows[0].keys())
+    rows = mutate(rows) or rows
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, quoting=csv.QUOTE_ALL)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_ingest_writes_snapshot_with_stable_hash(cfg, tmp_path):
+    first = ingest(cfg, tmp_path / "a")
+    second = ingest(cfg, tmp_path / "b")
+    n_products = len(pd.read_csv(FIXTURE / "products.csv", dtype=str))
+    assert first["n_products"] == n_products
+    assert first["content_hash"] == second["content_hash"]
+    images = snapshot.read_table(tmp_path / "a", "images")
+    assert images["data"].map(len).gt(0).all()
+    assert (images["sha256"].str.len() == 64).all()
+
+
+def test_ingest_hash_changes_with_content(cfg, data_copy, tmp_path):
+    _rewrite_csv(data_copy / "products.csv", lambda rows: rows[0].update(price="£999.00"))
+    changed = ingest(make_cfg(tmp_path, data_copy), tmp_path / "changed")
+    assert changed["content_hash"] != ingest(cfg, tmp_path / "orig")["content_hash"]
+
+
+def test_clean_data_end_to_end(cfg, tmp_path):
+    manifest, report, summary, data = run_data_stages(cfg, tmp_path)
+    assert report["n_products_quarantined"] == 0 and report["n_images_quarantined"] == 0
+    assert len(data.products) + summary["n_products_quarantined"] == manifest["n_products"]
+    p = data.products.set_index("id")
+    assert not p["title"].str.contains("Gumtree").any()
+    assert p["price"].dtype == float and (p["price"] >= 0).all()
+    assert set(p["category"]) == set(summary["labels"]) and len(summary["labels"]) == 13
+    assert p["lat"].notna().mean() > 0.9 and p["lat"].dropna().between(49, 61).all()
+    assert data.pixels.shape == (len(data.images), 64, 64, 3) and data.pixels.dtype == np.uint8
+    # each photo has its listing's split and category
+    joined = data.images.merge(p[["split", "category"]], left_on="product_id", right_index=True,
+                               suffixes=("", "_listing"))
+    assert (joined["split"] == joined["split_listing"]).all()
+    assert (joined["category"] == joined["category_listing"]).all()
+    assert set(data.products["split"]) == {"train", "val", "test"}
+    # the database holds exactly the clean rows
+    with sqlite3.connect(cfg.database_url.removeprefix("sqlite:///")) as conn:
+        assert conn.execute("select count(*) from listings").fetchone()[0] == len(data.products)
+        assert conn.execute("select count(*) from listing_photos").fetchone()[0] == len(data.images)
+
+
+def test_clean_rerun_changes_nothing_in_db(cfg, tmp_path):
+    run_data_stages(cfg, tmp_path)
+    again = clean(cfg, tmp_path / "validated", tmp_path / "clean2")
+    assert again["upsert"]["products"]["inserted"] == 0
+    assert again["upsert"]["products"]["updated"] == 0
+    assert again["upsert"]["images"]["inserted"] == 0 and again["upsert"]["images"]["updated"] == 0
+
+
+def test_malformed_input_is_quarantined_with_reasons(data_copy, tmp_path):
+    """Broken prices, a missing id, a duplicate id, a photo that does not decode, a photo of an
+    unknown listing, a price outlier: the run completes and every bad row is accounted for."""
+    products = list(csv.DictReader(open(data_copy / "products.csv", newline="", encoding="utf-8")))
+    images = list(csv.DictReader(open(data_copy / "images.csv", newline="", encoding="utf-8")))
+    broken_price, no_id, outlier = products[0]["id"], products[1]["id"], products[2]["id"]
+    dup = products[3]
+
+    def mutate_products(rows):
+        rows[0]["price"] = "twenty quid"
+        rows[1]["id"] = ""
+        rows[2]["price"] = "£9,999,999.00"
+        rows.append(dict(dup, product_name="Copy | in Leeds, West Yorkshire | Gumtree"))
+    _rewrite_csv(data_copy / "products.csv", mutate_products)
+
+    good_photo = next(r for r in images if r["product_id"] not in {broken_price, no_id, outlier})
+    (data_copy / "images" / f"{good_photo['id']}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+
+    def mutate_images(rows):
+        rows.append(dict(rows[-1], id="orphan-photo", product_id="no-such-listing"))
+    _rewrite_csv(data_copy / "images.csv", mutate_images)
+    (data_copy / "images" / "orphan-photo.jpg").write_bytes(
+        (FIXTURE / "images" / f"{images[-1]['id']}.jpg").read_bytes())
+
+    cfg = make_cfg(tmp_path, data_copy, validate={"max_bad_fraction": 0.5})
+    manifest, report, summary, data = run_data_stages(cfg, tmp_path)
+    q = pd.concat([snapshot.read_table(tmp_path / "validated", "quarantine"),
+                   snapshot.read_table(tmp_path / "clean", "quarantine")])
+
+    def reason(table, row_id):
+        hits = q[(q["table"] == table) & (q["row_id"] == row_id)]
+        assert len(hits) >= 1, f"{table} {row_id} not in quarantine:\n{q[['table', 'row_id', 'reason']]}"
+        return " | ".join(hits["reason"])
+
+    assert "price is not a number" in reason("products", broken_price)
+    assert "listing id is missing" in reason("products", "(missing)")
+    assert "duplicate listing id" in reason("products", dup["id"])
+    assert "price outlier" in reason("products", outlier)
+    assert "does not decode" in reason("images", good_photo["id"])
+    assert "unknown or quarantined listing" in reason("images", "orphan-photo")
+    # photos of the broken listings are quarantined as such, not silently dropped
+    for r in images:
+        if r["product_id"] in {broken_price, no_id}:
+            assert "quarantined listing" in reason("images", r["id"])
+        if r["product_id"] == outlier:
+            assert "listing removed" in reason("images", r["id"])
+    # the raw row is kept with the reason
+    raw = json.loads(q[q["row_id"] == broken_price].iloc[0]["raw"])
+    assert raw["price"] == "twenty quid"
+    # nothing else is lost
+    assert len(data.products) + (q["table"] == "products").sum() == manifest["n_products"]
+    assert len(data.images) + (q["table"] == "images").sum() == manifest["n_images"]
+    assert dup["id"] in set(data.products["id"])  # the first occurrence is kept
+    assert len(data.products) == manifest["n_products"] - 4
+
+
+def test_missing_column_is_critical(data_copy, tmp_path):
+    df = pd.read_csv(data_copy / "products.csv", dtype=str, keep_default_na=False)
+    df.drop(columns=["price"]).to_csv(data_copy / "products.csv", index=False, quoting=csv.QUOTE_ALL)
+    cfg = make_cfg(tmp_path, data_copy)
+    ingest(cfg, tmp_path / "raw")
+    with pytest.raises(ValidationError, match="lacks column.*price"):
+        validate(cfg, tmp_path / "raw", tmp_path / "validated")
+    assert "price" in (tmp_path / "validated" / "report.md").read_text()
+
+
+def test_too_many_bad_rows_is_critical(data_copy, tmp_path):
+    _rewrite_csv(data_copy / "products.csv",
+                 lambda rows: [r.update(price="n/a") for r in rows[: len(rows) // 2]] and None)
+    cfg = make_cfg(tmp_path, data_copy)
+    ingest(cfg, tmp_path / "raw")
+    with pytest.raises(ValidationError, match="failed validation"):
+        validate(cfg, tmp_path / "raw", tmp_path / "validated")
+
+
+def test_stratified_split_is_seeded_and_proportional():
+    ids = pd.Series([f"id{i:04d}" for i in range(1000)])
+    labels = pd.Series(np.repeat(list("abcde"), 200))
+    fr = {"train": 0.75, "val": 0.10, "test": 0.15}
+    a, b = stratified_split(ids, labels, fr, 1), stratified_split(ids, labels, fr, 1)
+    assert (a == b).all()
+    assert not (a == stratified_split(ids, labels, fr, 2)).all()
+    for _, part in a.groupby(labels):
+        assert part.value_counts().to_dict() == {"train": 150, "test": 30, "val": 20}
+    # order of the input does not change the assignment
+    shuffled = stratified_split(ids[::-1], labels[::-1], fr, 1)
+    assert (shuffled.sort_index() == a).all()
