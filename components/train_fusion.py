@@ -26,6 +26,7 @@ def train_fusion(cfg: Config, clean_dir: str | Path, image_dir: str | Path, text
     from marketsearch.components.clean import CleanData
     from marketsearch.models.fusion import assemble_fused_model, embedding_model, train_fusion_head
     from marketsearch.models.text import prepare_text_input, text_input_kind
+    from marketsearch.tracking import epoch_curves
 
     data = CleanData.load(clean_dir)
     labels = data.labels
@@ -52,16 +53,16 @@ def train_fusion(cfg: Config, clean_dir: str | Path, image_dir: str | Path, text
         img_e = image_emb_model.predict(pixels, batch_size=256, verbose=0) if len(pixels) else \
             np.zeros((0, image_emb_model.output_shape[-1]), np.float32)
         img_e = np.concatenate([img_e, np.zeros((len(no_photo), img_e.shape[1]), np.float32)])
-        has_img = np.concatenate([np.ones(len(pixels)), np.zeros(len(no_photo))]).astype(np.float32)
         txt_e = text_emb_model.predict(prepare_text_input(texts, kind, vocab, max_len),
                                        batch_size=256, verbose=0)
         y = np.array([index[c] for c in cats], np.int32)
-        return img_e, txt_e, has_img, y
+        return img_e, txt_e, y
 
-    img_tr, txt_tr, has_tr, y_tr = split_inputs("train")
-    img_va, txt_va, has_va, y_va = split_inputs("val")
+    img_tr, txt_tr, y_tr = split_inputs("train")
+    img_va, txt_va, y_va = split_inputs("val")
+    # a listing without a photo has an all-zero image embedding: the head reads that as absent
     head, history = train_fusion_head(img_tr, txt_tr, y_tr, img_va, txt_va, y_va, len(labels),
-                                      cfg.fusion, cfg.seed, image_present=has_tr, image_present_val=has_va)
+                                      cfg.fusion, cfg.seed)
     fused = assemble_fused_model(image_model, text_model, head)
 
     out_dir = Path(out_dir)
@@ -70,13 +71,15 @@ def train_fusion(cfg: Config, clean_dir: str | Path, image_dir: str | Path, text
     shutil.copy(Path(image_dir) / "image.keras", out_dir / "image.keras")
     shutil.copy(Path(text_dir) / "text.keras", out_dir / "text.keras")
     (out_dir / "vocab.json").write_text(json.dumps(vocab))
-    (out_dir / "history.json").write_text(json.dumps(history))
+    (out_dir / "history.json").write_text(json.dumps(history, default=float))
     meta = {"labels": labels, "image_size": int(data.pixels.shape[1]), "text_input": kind,
             "max_len": max_len, "image_backbone": cfg.image_model.backbone,
             "text_encoder": cfg.text_model.encoder, "embedding_dim": cfg.fusion.embedding_dim}
     (out_dir / META).write_text(json.dumps(meta, indent=2))
-    result = {"n_train": int(len(y_tr)), "n_val": int(len(y_va)), "epochs_run": len(history.get("loss", [])),
-              "best_val_accuracy": float(max(history.get("val_accuracy", [float("nan")])))}
+    curves = epoch_curves(history)
+    result = {"n_train": int(len(y_tr)), "n_val": int(len(y_va)), "epochs_run": len(curves.get("loss", [])),
+              "best_val_accuracy": max(curves.get("val_accuracy", [float("nan")])),
+              "seconds": round(float(history.get("seconds", 0.0)), 1)}
     log.info("train_fusion: %s", result)
     return result
 
@@ -102,7 +105,7 @@ def train_fusion_component(config_json: str, parent_run_id: str, clean_data: dsl
         history = json.loads((Path(fused_model.path) / "history.json").read_text())
         tracking.log_history(history, "fusion")
         tracking.log_numbers(result)
-        png = plots.training_curves_png(history, Path(fused_model.path) / "training_curves.png",
+        png = plots.training_curves_png(tracking.epoch_curves(history), Path(fused_model.path) / "training_curves.png",
                                         "Fusion head")
         mlflow.log_artifact(str(png), "plots")
         Path(curves.path).write_text(html_page("Fusion head training", [png], result))

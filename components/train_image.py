@@ -17,6 +17,7 @@ def train_image(cfg: Config, clean_dir: str | Path, out_dir: str | Path) -> dict
 
     from marketsearch.components.clean import CleanData
     from marketsearch.models.image import train_image_model
+    from marketsearch.tracking import epoch_curves
 
     data = CleanData.load(clean_dir)
     labels = data.labels
@@ -30,11 +31,12 @@ def train_image(cfg: Config, clean_dir: str | Path, out_dir: str | Path) -> dict
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "image.keras")
-    (out_dir / "history.json").write_text(json.dumps(history))
+    (out_dir / "history.json").write_text(json.dumps(history, default=float))
     (out_dir / "labels.json").write_text(json.dumps(labels))
-    best = int(np.argmax(history.get("val_accuracy", [0]))) if history.get("val_accuracy") else -1
-    result = {"n_train": int(train.sum()), "n_val": int(val.sum()), "epochs_run": len(history.get("loss", [])),
-              "best_val_accuracy": float(history["val_accuracy"][best]) if best >= 0 else float("nan")}
+    curves = epoch_curves(history)
+    result = {"n_train": int(train.sum()), "n_val": int(val.sum()), "epochs_run": len(curves.get("loss", [])),
+              "best_val_accuracy": max(curves.get("val_accuracy", [float("nan")])),
+              "seconds": round(float(history.get("seconds", 0.0)), 1)}
     log.info("train_image: %s", result)
     return result
 
@@ -59,7 +61,7 @@ def train_image_component(config_json: str, parent_run_id: str, clean_data: dsl.
         history = json.loads((Path(image_model.path) / "history.json").read_text())
         tracking.log_history(history, "image")
         tracking.log_numbers(result)
-        png = plots.training_curves_png(history, Path(image_model.path) / "training_curves.png",
+        png = plots.training_curves_png(tracking.epoch_curves(history), Path(image_model.path) / "training_curves.png",
                                         "Image model")
         mlflow.log_artifact(str(png), "plots")
         Path(curves.path).write_text(html_page("Image model training", [png], result))

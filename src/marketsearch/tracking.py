@@ -100,8 +100,15 @@ def log_numbers(values: Mapping[str, object], prefix: str = "") -> None:
         mlflow.log_metrics(metrics)
 
 
-def log_history(history: Mapping[str, list[float]], prefix: str) -> None:
+def epoch_curves(history: Mapping) -> dict[str, list[float]]:
+    """The per-epoch series of a training history (the models nest them under "train")."""
+    if isinstance(history.get("train"), Mapping):
+        history = history["train"]
+    return {k: [float(x) for x in v] for k, v in history.items() if isinstance(v, list)}
+
+
+def log_history(history: Mapping, prefix: str) -> None:
     mlflow = _mlflow()
-    for key, values in history.items():
+    for key, values in epoch_curves(history).items():
         for step, value in enumerate(values):
             mlflow.log_metric(f"{prefix}.{key}", float(value), step=step)

@@ -1,0 +1,203 @@
+"""The clean catalogue in a database: idempotent bulk upsert of listings and their photos.
+
+Tables (created when missing):
+
+    listings        CLEAN_PRODUCT_COLUMNS; id primary key, price float, lat/lon nullable
+    listing_photos  CLEAN_IMAGE_COLUMNS without ``row`` (a position in a run's photo array,
+                    not a property of the photo); id primary key, product_id -> listings.id
+
+Works on SQLite (``sqlite:///file``) and Postgres (``postgresql://``,
+``postgresql+psycopg2://``) through SQLAlchemy Core. Each table is written with one
+``INSERT ... ON CONFLICT (id) DO UPDATE ... WHERE <some column IS DISTINCT FROM the new
+value>`` per batch, so a re-run with the same data writes nothing, and rows whose values
+changed are updated in bulk. Rows already in the tables but absent from the data are left
+alone.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import (Column, Float, ForeignKey, MetaData, String, Table, Text,
+                        create_engine, event, or_, select)
+from sqlalchemy.engine import Engine
+
+from marketsearch.schema import CLEAN_IMAGE_COLUMNS, CLEAN_PRODUCT_COLUMNS
+
+log = logging.getLogger(__name__)
+
+LISTINGS = "listings"
+PHOTOS = "listing_photos"
+BATCH_ROWS = 2000
+
+metadata = MetaData()
+
+listings_table = Table(
+    LISTINGS, metadata,
+    Column("id", String(64), primary_key=True),
+    Column("title", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("price", Float(precision=53), nullable=False),
+    Column("category", Text, nullable=False),
+    Column("category_path", Text, nullable=False),
+    Column("location", Text, nullable=False),
+    Column("lat", Float(precision=53), nullable=True),
+    Column("lon", Float(precision=53), nullable=True),
+    Column("split", String(8), nullable=False),
+)
+
+PHOTO_COLUMNS = [c for c in CLEAN_IMAGE_COLUMNS if c != "row"]
+
+photos_table = Table(
+    PHOTOS, metadata,
+    Column("id", String(64), primary_key=True),
+    Column("product_id", String(64), ForeignKey(f"{LISTINGS}.id"), nullable=False, index=True),
+    Column("category", Text, nullable=False),
+    Column("split", String(8), nullable=False),
+)
+
+assert [c.name for c in listings_table.columns] == CLEAN_PRODUCT_COLUMNS
+assert [c.name for c in photos_table.columns] == PHOTO_COLUMNS
+
+
+def sqlalchemy_url(url: str) -> str:
+    """postgres:// and postgresql:// -> postgresql+psycopg2://; others unchanged."""
+    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", str(url))
+
+
+def _sqlite_foreign_keys(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def get_engine(url: str) -> Engine:
+    engine = create_engine(sqlalchemy_url(url))
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_foreign_keys)
+    return engine
+
+
+def create_tables(engine: Engine) -> None:
+    metadata.create_all(engine, checkfirst=True)
+
+
+def _insert(dialect: str):
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise ValueError(f"database dialect {dialect!r} is not supported (sqlite, postgresql)")
+    return insert
+
+
+def _records(df: pd.DataFrame, table: Table, what: str) -> list[dict]:
+    """DataFrame -> list of plain-Python dicts in the table's columns (NaN -> None)."""
+    columns = [c.name for c in table.columns]
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lack column(s) {missing} needed for table {table.name}")
+    frame = df[columns]
+    ids = frame["id"].astype(str)
+    if ids.duplicated().any():
+        dupes = ids[ids.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"{what} have duplicate id(s) {dupes}")
+    out_cols = {}
+    for col in table.columns:
+        values = frame[col.name].tolist()
+        if isinstance(col.type, Float):
+            conv = []
+            for v in values:
+                if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+                    conv.append(None)
+                else:
+                    conv.append(float(v))
+            if not col.nullable and any(v is None for v in conv):
+                bad = ids[[v is None for v in conv]].tolist()[:5]
+                raise ValueError(f"{what} have no {col.name} for id(s) {bad}")
+            out_cols[col.name] = conv
+        else:
+            conv = []
+            for v in values:
+                if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+                    conv.append(None)
+                else:
+                    conv.append(v.item() if isinstance(v, np.generic) else v)
+                    if not isinstance(conv[-1], str):
+                        conv[-1] = str(conv[-1])
+            if not col.nullable and any(v is None for v in conv):
+                bad = ids[[v is None for v in conv]].tolist()[:5]
+                raise ValueError(f"{what} have no {col.name} for id(s) {bad}")
+            out_cols[col.name] = conv
+    names = list(out_cols)
+    return [dict(zip(names, row)) for row in zip(*out_cols.values())]
+
+
+def _upsert(conn, table: Table, rows: list[dict]) -> dict:
+    """Insert new ids, update changed rows, leave identical rows alone; counts of each."""
+    existing = set(conn.execute(select(table.c.id)).scalars())
+    insert = _insert(conn.dialect.name)
+    value_cols = [c for c in table.columns if not c.primary_key]
+    stmt = insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c.id],
+        set_={c.name: stmt.excluded[c.name] for c in value_cols},
+        where=or_(*[c.is_distinct_from(stmt.excluded[c.name]) for c in value_cols]),
+    ).returning(table.c.id)
+    written: list[str] = []
+    for start in range(0, len(rows), BATCH_ROWS):
+        batch = rows[start:start + BATCH_ROWS]
+        result = conn.execute(stmt, batch)
+        written.extend(result.scalars().all())
+    inserted = sum(1 for i in written if i not in existing)
+    updated = len(written) - inserted
+    return {"inserted": inserted, "updated": updated,
+            "unchanged": len(rows) - inserted - updated}
+
+
+def upsert_clean(url: str, products: pd.DataFrame, images: pd.DataFrame) -> dict:
+    """Write clean listings and photos to ``listings`` / ``listing_photos`` idempotently.
+
+    Returns {"products": {"inserted", "updated", "unchanged"}, "images": {...}}. Raises
+    ValueError (naming the column or ids) for data that cannot be written: a missing column,
+    a duplicate id, an empty required value, or a photo whose listing is neither in
+    ``products`` nor already in the table. Nothing is written then.
+    """
+    product_rows = _records(products, listings_table, "products")
+    photo_rows = _records(images, photos_table, "images")
+    engine = get_engine(url)
+    try:
+        create_tables(engine)
+        with engine.begin() as conn:
+            known = {r["id"] for r in product_rows}
+            orphans = {r["product_id"] for r in photo_rows} - known
+            if orphans:
+                in_db = set(conn.execute(select(listings_table.c.id).where(
+                    listings_table.c.id.in_(sorted(orphans)))).scalars())
+                orphans -= in_db
+            if orphans:
+                raise ValueError(f"images refer to {len(orphans)} listing(s) not in products "
+                                 f"nor in table {LISTINGS}: {sorted(orphans)[:5]}")
+            counts = {"products": _upsert(conn, listings_table, product_rows),
+                      "images": _upsert(conn, photos_table, photo_rows)}
+    finally:
+        engine.dispose()
+    log.info("upserted into %s: listings %s, photos %s", engine.url.render_as_string(
+        hide_password=True), counts["products"], counts["images"])
+    return counts
+
+
+def read_table(url: str, name: str) -> pd.DataFrame:
+    """A whole table as a DataFrame, ordered by id (for checks and tests)."""
+    engine = get_engine(url)
+    try:
+        table = {LISTINGS: listings_table, PHOTOS: photos_table}[name]
+        with engine.connect() as conn:
+            return pd.read_sql(select(table).order_by(table.c.id), conn)
+    finally:
+        engine.dispose()
