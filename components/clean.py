@@ -116,7 +116,7 @@ def clean_frames(products: pd.DataFrame, images: pd.DataFrame, cfg: Config, *,
     for raw in tqdm(images.to_dict("records"), desc="clean: photos", mininterval=2):
         pid = raw.get("product_id")
         if pid not in by_id.index:
-            why = f"listing removed ({dropped[pid]})" if pid in dropped else f"no clean listing {pid!r}"
+            why = f"listing removed: {dropped[pid]}" if pid in dropped else f"no clean listing {pid!r}"
             records.append(quarantine.record("images", raw, "clean", "product_id", why))
             continue
         try:

@@ -65,6 +65,7 @@ def _photo_checks(images: pd.DataFrame, raw_ids: set, good_ids: set) -> pd.DataF
 def _run_suite(frame: pd.DataFrame, name: str, specs: list[dict], context: dict) -> tuple[dict, list[dict]]:
     """Validate ``frame`` with GE; return {row_position: [(field, reason)]} and per-check results."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
     import great_expectations.expectations as gxe
 

@@ -35,8 +35,10 @@ def frame(records: Iterable[dict]) -> pd.DataFrame:
 
 
 def summary(quarantine: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """{table: {reason: count}} for logs and reports."""
+    """{table: {kind of reason: count}} for logs and reports; the kind is the reason up to its
+    first colon ("price outlier: £60,000.00 outside ..." counts as "price outlier")."""
     out: dict[str, dict[str, int]] = {}
-    for (table, reason), n in quarantine.groupby(["table", "reason"]).size().items():
+    kinds = quarantine.assign(kind=quarantine["reason"].str.split(":").str[0])
+    for (table, reason), n in kinds.groupby(["table", "kind"]).size().items():
         out.setdefault(str(table), {})[str(reason)] = int(n)
     return out

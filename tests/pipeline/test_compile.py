@@ -1,0 +1,36 @@
+"""The compiled pipeline: nine stages, the promotion condition, the config as its parameter."""
+import json
+
+import yaml
+
+from marketsearch.cli import main
+from marketsearch.config import Config, load_config
+
+STAGES = {"ingest", "validate", "clean", "train-image", "train-text", "train-fusion",
+          "build-index", "evaluate", "deploy"}
+
+
+def test_compile_writes_the_dag(tmp_path):
+    out = tmp_path / "training.yaml"
+    assert main(["compile", "--output", str(out), "--set", "kfp.image_registry=123.dkr.ecr/ms",
+                 "--set", "kfp.image_tag=v1"]) == 0
+    spec = yaml.safe_load(out.read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    names = {t.removesuffix("-component") for t in tasks}
+    # deploy sits inside the "promoted" condition sub-DAG
+    assert STAGES - {"deploy"} <= names
+    condition = next(t for n, t in tasks.items() if n.startswith("condition"))
+    assert "evaluate" in json.dumps(condition["triggerPolicy"]["condition"])
+    sub = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(sub) == {"deploy-component"}
+    # dependencies: fusion after both trainers, evaluate after build_index
+    assert set(tasks["train-fusion-component"]["dependentTasks"]) >= {
+        "train-image-component", "train-text-component", "clean-component"}
+    assert "build-index-component" in tasks["evaluate-component"]["dependentTasks"]
+    # images from config; the config is the pipeline's parameter, with the compiled default
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"123.dkr.ecr/ms/base:v1", "123.dkr.ecr/ms/trainer:v1"}
+    default = spec["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"]
+    assert Config.from_json(default).kfp.image_tag == "v1"
+    assert default == load_config(overrides=["kfp.image_registry=123.dkr.ecr/ms",
+                                             "kfp.image_tag=v1"]).to_json()
