@@ -81,4 +81,5 @@ def build_index_component(config_json: str, parent_run_id: str, clean_data: dsl.
         mlflow.log_params(tracking.flatten(cfg.index.model_dump(), "index."))
         result = build_index(cfg, clean_data.path, fused_model.path, bundle.path)
         tracking.log_numbers(result)
+        mlflow.log_artifact(f"{bundle.path}/index/manifest.json", "index")
     bundle.metadata.update(result)

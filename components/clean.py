@@ -183,6 +183,7 @@ def clean_component(config_json: str, parent_run_id: str, validated: dsl.Input[d
 
     cfg = Config.from_json(config_json)
     with tracking.stage_run(cfg, parent_run_id, "clean"):
+        mlflow.log_params(tracking.flatten(cfg.clean.model_dump(exclude={"database_url"}), "clean."))
         summary = clean(cfg, validated.path, clean_data.path)
         tracking.log_numbers({k: v for k, v in summary.items() if k.startswith("n_") or k == "splits"})
         mlflow.log_dict(summary, "clean_summary.json")

@@ -50,4 +50,5 @@ def deploy_component(config_json: str, parent_run_id: str, bundle: dsl.Input[dsl
     with tracking.stage_run(cfg, parent_run_id, "deploy"):
         result = deploy(cfg, bundle.path, decision)
         mlflow.log_params(result)
+        mlflow.log_dict(decision, "decision.json")
     return result["version"]

@@ -69,6 +69,9 @@ def evaluate_component(config_json: str, parent_run_id: str, clean_data: dsl.Inp
     with tracking.stage_run(cfg, parent_run_id, "evaluate"), tempfile.TemporaryDirectory() as tmp:
         current = registry.champion(cfg)
         champion_dir = registry.download_bundle(cfg, current.version, tmp) if current else None
+        mlflow.log_params({"promotion_metric": cfg.evaluate.promotion_metric,
+                           "min_improvement": cfg.evaluate.min_improvement,
+                           "champion_version": current.version if current else "none"})
         summary = evaluate(cfg, clean_data.path, bundle.path, evaluation.path, champion_dir)
         head = summary["headline"]
         for modality in ("image", "text", "fusion"):

@@ -50,7 +50,9 @@ def ingest_component(config_json: str, pipeline_run: str,
     with tracking.stage_run(cfg, parent, "ingest"):
         manifest = ingest(cfg, raw_snapshot.path)
         tracking.log_numbers({k: v for k, v in manifest.items() if k.startswith("n_")})
-        mlflow.log_params({"source": manifest["source"], "content_hash": manifest["content_hash"]})
+        mlflow.log_params({"source": manifest["source"], "content_hash": manifest["content_hash"],
+                           "limit": cfg.data.limit})
+        mlflow.log_artifact(f"{raw_snapshot.path}/snapshot.json")
     mlflow.MlflowClient().set_tag(parent, "data.content_hash", manifest["content_hash"])
     for key, value in manifest.items():
         raw_snapshot.metadata[key] = value

@@ -204,6 +204,7 @@ def validate_component(config_json: str, parent_run_id: str, raw_snapshot: dsl.I
 
     cfg = Config.from_json(config_json)
     with tracking.stage_run(cfg, parent_run_id, "validate"):
+        mlflow.log_params(tracking.flatten(cfg.validate_.model_dump(), "validate."))
         try:
             result = validate(cfg, raw_snapshot.path, validated.path)
         finally:
