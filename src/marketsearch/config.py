@@ -75,14 +75,14 @@ class ImageModelConfig(_Section):
     # None: random init; "imagenet": keras.applications weights; otherwise a path to weights.
     weights: str | None = None
     embedding_dim: int = 256
-    epochs: int = 12
+    epochs: int = 18
     fine_tune_epochs: int = 0
     batch_size: int = 64
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     fine_tune_learning_rate: float = 1e-4
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
-    patience: int = 3
+    patience: int = 5
     dropout: float = 0.3
     augment: bool = True
 
@@ -100,15 +100,15 @@ class TextModelConfig(_Section):
     word2vec: Word2VecConfig = Word2VecConfig()
     max_len: int = 128
     embedding_dim: int = 256
-    filters: int = 128
-    kernel_sizes: list[int] = [1, 2, 3]
-    epochs: int = 20
+    filters: int = 64
+    kernel_sizes: list[int] = [1, 2]
+    epochs: int = 25
     batch_size: int = 64
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
-    patience: int = 3
-    dropout: float = 0.4
+    patience: int = 5
+    dropout: float = 0.3
 
 
 class FusionConfig(_Section):

@@ -1,0 +1,190 @@
+"""Fusion: image and text embeddings -> one "fused_embedding" and the served classifier.
+
+The head takes [image_emb, text_emb, image_present, text_present]; a missing modality's
+embedding is zeros and its present flag 0. ``ModalityDropout`` hides the photo or the text of
+training examples at random, so the fused model also classifies and embeds text-only and
+photo-only inputs (free-text search queries, listings without a photo).
+
+``assemble_fused_model`` wires the trained photo and text models and the head into the one
+model that is served: inputs {"image": uint8 [N,S,S,3], "text": token ids [N,L] (or strings
+for a TF-Hub text model), "image_present": [N,1], "text_present": [N,1]}, outputs
+{"probs", "fused_embedding"}.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from ..config import FusionConfig
+from .training import fit, set_seed
+
+import keras  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+FUSED_INPUTS = ("image", "text", "image_present", "text_present")
+# Early stopping watches validation accuracy: on training-set embeddings (which the text model
+# separates almost perfectly) the head's validation loss is lowest after one epoch, while its
+# validation accuracy and photo-only accuracy still improve for a few more.
+MONITOR = "val_accuracy"
+
+
+def embedding_model(model: keras.Model, layer: str = "embedding") -> keras.Model:
+    """The sub-model from ``model``'s inputs to its ``layer`` ("embedding") output."""
+    return keras.Model(model.input, model.get_layer(layer).output,
+                       name=f"{model.name}_{layer}")
+
+
+def present_flags(embeddings: np.ndarray) -> np.ndarray:
+    """[N, D] -> [N, 1] float32: 1 where the embedding is not all zeros (modality present)."""
+    emb = np.asarray(embeddings)
+    return (np.abs(emb).sum(axis=1, keepdims=True) > 0).astype("float32")
+
+
+@keras.saving.register_keras_serializable(package="marketsearch")
+class ModalityDropout(layers.Layer):
+    """While training, hide one modality of an example with probability ``rate``: the photo or
+    the text (half the time each), only where both are present. Identity at inference.
+
+    Inputs and outputs: [image_present, text_present], each [N, 1] floats.
+    """
+
+    def __init__(self, rate: float = 0.2, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.seed = seed
+        self._generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        image_present, text_present = inputs
+        if not training or self.rate <= 0:
+            return image_present, text_present
+        shape = ops.shape(image_present)
+        u_drop = keras.random.uniform(shape, seed=self._generator)
+        u_which = keras.random.uniform(shape, seed=self._generator)
+        both = image_present * text_present
+        drop = ops.cast(u_drop < self.rate, "float32") * both
+        hide_image = drop * ops.cast(u_which < 0.5, "float32")
+        hide_text = drop - hide_image
+        return image_present * (1.0 - hide_image), text_present * (1.0 - hide_text)
+
+    def compute_output_shape(self, input_shapes):
+        return tuple(input_shapes)
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="marketsearch")
+class Gate(layers.Layer):
+    """[embedding [N, D], present [N, 1]] -> embedding * present (zeros when missing)."""
+
+    def call(self, inputs):
+        emb, present = inputs
+        return emb * ops.cast(present, emb.dtype)
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+
+def build_fusion_head(image_dim: int, text_dim: int, n_classes: int, cfg: FusionConfig,
+                      seed: int | None = None) -> keras.Model:
+    """[image_emb, text_emb, image_present, text_present] -> "probs", through a Dense
+    "fused_embedding" layer (``cfg.embedding_dim``)."""
+    image_emb = keras.Input((image_dim,), name="image_embedding")
+    text_emb = keras.Input((text_dim,), name="text_embedding")
+    image_present = keras.Input((1,), name="image_present")
+    text_present = keras.Input((1,), name="text_present")
+    ip, tp = ModalityDropout(cfg.modality_dropout, seed=seed, name="modality_dropout")(
+        [image_present, text_present])
+    # Per-modality normalisation (the two encoders' embeddings live on different scales), then
+    # gating: a hidden or missing modality contributes zeros whatever the normalisation adds.
+    img = layers.LayerNormalization(name="image_norm")(image_emb)
+    txt = layers.LayerNormalization(name="text_norm")(text_emb)
+    img = Gate(name="image_gate")([img, ip])
+    txt = Gate(name="text_gate")([txt, tp])
+    x = layers.Concatenate(name="concat")([img, txt, ip, tp])
+    x = layers.Dropout(cfg.dropout, name="input_dropout")(x)
+    x = layers.Dense(cfg.embedding_dim, activation="relu", name="fused_embedding")(x)
+    x = layers.Dropout(cfg.dropout, name="fused_dropout")(x)
+    probs = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    return keras.Model([image_emb, text_emb, image_present, text_present], probs,
+                       name="fusion_head")
+
+
+def _head_inputs(img_emb: np.ndarray, txt_emb: np.ndarray) -> tuple[np.ndarray, ...]:
+    img_emb = np.asarray(img_emb, dtype="float32")
+    txt_emb = np.asarray(txt_emb, dtype="float32")
+    if len(img_emb) != len(txt_emb):
+        raise ValueError(f"image embeddings ({len(img_emb)}) and text embeddings "
+                         f"({len(txt_emb)}) must pair up row for row")
+    return img_emb, txt_emb, present_flags(img_emb), present_flags(txt_emb)
+
+
+def train_fusion_head(img_emb: np.ndarray, txt_emb: np.ndarray, y: np.ndarray,
+                      img_emb_val: np.ndarray, txt_emb_val: np.ndarray, y_val: np.ndarray,
+                      n_classes: int, cfg: FusionConfig, seed: int, verbose: int = 2
+                      ) -> tuple[keras.Model, dict[str, Any]]:
+    """Train the head on precomputed embeddings (rows pair a photo with its listing's text; an
+    all-zero row marks a missing modality) -> (head, {"train": fit history, "seconds"}).
+
+    Measured on the shared listings: training on the *training* split's embeddings (with the
+    validation split for early stopping) beats training on validation embeddings only
+    (fused test accuracy 0.810 vs 0.809 and 0.788 vs 0.772 in two runs; photo-only 0.27 vs
+    0.23), even though the text model separates its own training listings almost perfectly;
+    fine-tuning on validation embeddings afterwards, noise or dropout on the text embedding
+    gave no gain.
+    """
+    set_seed(seed)
+    start = time.perf_counter()
+    x = _head_inputs(img_emb, txt_emb)
+    x_val = _head_inputs(img_emb_val, txt_emb_val)
+    head = build_fusion_head(x[0].shape[1], x[1].shape[1], n_classes, cfg, seed=seed)
+    history: dict[str, Any] = {"train": fit(
+        head, x, np.asarray(y), x_val, np.asarray(y_val), epochs=cfg.epochs,
+        batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, patience=cfg.patience,
+        seed=seed, verbose=verbose, monitor=MONITOR)}
+    history["seconds"] = time.perf_counter() - start
+    return head, history
+
+
+def assemble_fused_model(image_model: keras.Model, text_model: keras.Model,
+                         head: keras.Model) -> keras.Model:
+    """The served model: {"image", "text", "image_present", "text_present"} ->
+    {"probs", "fused_embedding"}.
+
+    ``image`` is uint8 [N, S, S, 3]; ``text`` is whatever the text model takes (int32 token ids
+    or strings, see ``text_input_kind``); the present flags are [N, 1] floats (pass a blank
+    photo / empty text with flag 0 for a missing modality).
+    """
+    image_in = keras.Input(tuple(image_model.inputs[0].shape[1:]), dtype="uint8", name="image")
+    text_spec = text_model.inputs[0]
+    text_in = keras.Input(tuple(text_spec.shape[1:]), dtype=text_spec.dtype, name="text")
+    image_present = keras.Input((1,), name="image_present")
+    text_present = keras.Input((1,), name="text_present")
+    image_emb = embedding_model(image_model)(image_in)
+    text_emb = embedding_model(text_model)(text_in)
+    head_both = keras.Model(head.inputs, [head.get_layer("fused_embedding").output, head.output],
+                            name="fusion")
+    fused, probs = head_both([image_emb, text_emb, image_present, text_present])
+    outputs = {"probs": layers.Identity(name="probs")(probs),
+               "fused_embedding": layers.Identity(name="fused_embedding")(fused)}
+    return keras.Model({"image": image_in, "text": text_in, "image_present": image_present,
+                        "text_present": text_present}, outputs, name="marketsearch_fused")
+
+
+def fused_inputs(images: np.ndarray, text_input: np.ndarray, image_present: np.ndarray | None = None,
+                 text_present: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The fused model's input dict; present flags default to 1 (both modalities there)."""
+    n = len(images)
+    ones = np.ones((n, 1), dtype="float32")
+    return {"image": np.asarray(images, dtype="uint8"), "text": text_input,
+            "image_present": ones if image_present is None
+            else np.asarray(image_present, dtype="float32").reshape(n, 1),
+            "text_present": ones if text_present is None
+            else np.asarray(text_present, dtype="float32").reshape(n, 1)}
