@@ -26,7 +26,7 @@ def train_fusion(cfg: Config, clean_dir: str | Path, image_dir: str | Path, text
     from marketsearch.components.clean import CleanData
     from marketsearch.models.fusion import assemble_fused_model, embedding_model, train_fusion_head
     from marketsearch.models.text import prepare_text_input, text_input_kind
-    from marketsearch.tracking import epoch_curves
+    from marketsearch.tracking import training_summary
 
     data = CleanData.load(clean_dir)
     labels = data.labels
@@ -76,10 +76,7 @@ def train_fusion(cfg: Config, clean_dir: str | Path, image_dir: str | Path, text
             "max_len": max_len, "image_backbone": cfg.image_model.backbone,
             "text_encoder": cfg.text_model.encoder, "embedding_dim": cfg.fusion.embedding_dim}
     (out_dir / META).write_text(json.dumps(meta, indent=2))
-    curves = epoch_curves(history)
-    result = {"n_train": int(len(y_tr)), "n_val": int(len(y_va)), "epochs_run": len(curves.get("loss", [])),
-              "best_val_accuracy": max(curves.get("val_accuracy", [float("nan")])),
-              "seconds": round(float(history.get("seconds", 0.0)), 1)}
+    result = training_summary(history, n_train=len(y_tr), n_val=len(y_va))
     log.info("train_fusion: %s", result)
     return result
 
@@ -88,25 +85,15 @@ def train_fusion_component(config_json: str, parent_run_id: str, clean_data: dsl
                            image_model: dsl.Input[dsl.Model], text_model: dsl.Input[dsl.Model],
                            fused_model: dsl.Output[dsl.Model], curves: dsl.Output[dsl.HTML]):
     """KFP: train the fusion head and assemble the served model."""
-    import json
-    from pathlib import Path
-
     import mlflow
 
-    from marketsearch import plots, tracking
+    from marketsearch import tracking
     from marketsearch.components.train_fusion import train_fusion
     from marketsearch.config import Config
-    from marketsearch.reports import html_page
 
     cfg = Config.from_json(config_json)
     with tracking.stage_run(cfg, parent_run_id, "train_fusion"):
         mlflow.log_params(tracking.flatten(cfg.fusion.model_dump(), "fusion."))
         result = train_fusion(cfg, clean_data.path, image_model.path, text_model.path, fused_model.path)
-        history = json.loads((Path(fused_model.path) / "history.json").read_text())
-        tracking.log_history(history, "fusion")
-        tracking.log_numbers(result)
-        png = plots.training_curves_png(tracking.epoch_curves(history), Path(fused_model.path) / "training_curves.png",
-                                        "Fusion head")
-        mlflow.log_artifact(str(png), "plots")
-        Path(curves.path).write_text(html_page("Fusion head training", [png], result))
+        tracking.report_training(fused_model.path, "fusion", "Fusion head", result, curves.path)
     fused_model.metadata.update(result)

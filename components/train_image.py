@@ -17,7 +17,7 @@ def train_image(cfg: Config, clean_dir: str | Path, out_dir: str | Path) -> dict
 
     from marketsearch.components.clean import CleanData
     from marketsearch.models.image import train_image_model
-    from marketsearch.tracking import epoch_curves
+    from marketsearch.tracking import training_summary
 
     data = CleanData.load(clean_dir)
     labels = data.labels
@@ -33,10 +33,7 @@ def train_image(cfg: Config, clean_dir: str | Path, out_dir: str | Path) -> dict
     model.save(out_dir / "image.keras")
     (out_dir / "history.json").write_text(json.dumps(history, default=float))
     (out_dir / "labels.json").write_text(json.dumps(labels))
-    curves = epoch_curves(history)
-    result = {"n_train": int(train.sum()), "n_val": int(val.sum()), "epochs_run": len(curves.get("loss", [])),
-              "best_val_accuracy": max(curves.get("val_accuracy", [float("nan")])),
-              "seconds": round(float(history.get("seconds", 0.0)), 1)}
+    result = training_summary(history, n_train=train.sum(), n_val=val.sum())
     log.info("train_image: %s", result)
     return result
 
@@ -44,25 +41,15 @@ def train_image(cfg: Config, clean_dir: str | Path, out_dir: str | Path) -> dict
 def train_image_component(config_json: str, parent_run_id: str, clean_data: dsl.Input[dsl.Dataset],
                           image_model: dsl.Output[dsl.Model], curves: dsl.Output[dsl.HTML]):
     """KFP: train the image model; training curves to MLflow and the KFP UI."""
-    import json
-    from pathlib import Path
-
     import mlflow
 
-    from marketsearch import plots, tracking
+    from marketsearch import tracking
     from marketsearch.components.train_image import train_image
     from marketsearch.config import Config
-    from marketsearch.reports import html_page
 
     cfg = Config.from_json(config_json)
     with tracking.stage_run(cfg, parent_run_id, "train_image"):
         mlflow.log_params(tracking.flatten(cfg.image_model.model_dump(), "image_model."))
         result = train_image(cfg, clean_data.path, image_model.path)
-        history = json.loads((Path(image_model.path) / "history.json").read_text())
-        tracking.log_history(history, "image")
-        tracking.log_numbers(result)
-        png = plots.training_curves_png(tracking.epoch_curves(history), Path(image_model.path) / "training_curves.png",
-                                        "Image model")
-        mlflow.log_artifact(str(png), "plots")
-        Path(curves.path).write_text(html_page("Image model training", [png], result))
+        tracking.report_training(image_model.path, "image", "Image model", result, curves.path)
     image_model.metadata.update(result)

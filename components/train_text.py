@@ -17,7 +17,7 @@ def train_text(cfg: Config, clean_dir: str | Path, out_dir: str | Path) -> dict:
 
     from marketsearch import snapshot
     from marketsearch.models.text import train_text_model
-    from marketsearch.tracking import epoch_curves
+    from marketsearch.tracking import training_summary
 
     products = snapshot.read_table(clean_dir, "products")
     labels = sorted(products["category"].unique())
@@ -35,11 +35,7 @@ def train_text(cfg: Config, clean_dir: str | Path, out_dir: str | Path) -> dict:
     (out_dir / "vocab.json").write_text(json.dumps(vocab or {}))
     (out_dir / "history.json").write_text(json.dumps(history, default=float))
     (out_dir / "labels.json").write_text(json.dumps(labels))
-    curves = epoch_curves(history)
-    result = {"n_train": int(train.sum()), "n_val": int(val.sum()), "vocab_size": len(vocab or {}),
-              "epochs_run": len(curves.get("loss", [])),
-              "best_val_accuracy": max(curves.get("val_accuracy", [float("nan")])),
-              "seconds": round(float(history.get("seconds", 0.0)), 1)}
+    result = training_summary(history, n_train=train.sum(), n_val=val.sum(), vocab_size=len(vocab or {}))
     log.info("train_text: %s", result)
     return result
 
@@ -47,25 +43,15 @@ def train_text(cfg: Config, clean_dir: str | Path, out_dir: str | Path) -> dict:
 def train_text_component(config_json: str, parent_run_id: str, clean_data: dsl.Input[dsl.Dataset],
                          text_model: dsl.Output[dsl.Model], curves: dsl.Output[dsl.HTML]):
     """KFP: train the text model; training curves to MLflow and the KFP UI."""
-    import json
-    from pathlib import Path
-
     import mlflow
 
-    from marketsearch import plots, tracking
+    from marketsearch import tracking
     from marketsearch.components.train_text import train_text
     from marketsearch.config import Config
-    from marketsearch.reports import html_page
 
     cfg = Config.from_json(config_json)
     with tracking.stage_run(cfg, parent_run_id, "train_text"):
         mlflow.log_params(tracking.flatten(cfg.text_model.model_dump(), "text_model."))
         result = train_text(cfg, clean_data.path, text_model.path)
-        history = json.loads((Path(text_model.path) / "history.json").read_text())
-        tracking.log_history(history, "text")
-        tracking.log_numbers(result)
-        png = plots.training_curves_png(tracking.epoch_curves(history), Path(text_model.path) / "training_curves.png",
-                                        "Text model")
-        mlflow.log_artifact(str(png), "plots")
-        Path(curves.path).write_text(html_page("Text model training", [png], result))
+        tracking.report_training(text_model.path, "text", "Text model", result, curves.path)
     text_model.metadata.update(result)

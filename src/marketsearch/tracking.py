@@ -112,3 +112,29 @@ def log_history(history: Mapping, prefix: str) -> None:
     for key, values in epoch_curves(history).items():
         for step, value in enumerate(values):
             mlflow.log_metric(f"{prefix}.{key}", float(value), step=step)
+
+
+def training_summary(history: Mapping, **counts: int) -> dict:
+    """Counts, epochs run, best val accuracy and seconds of a training history."""
+    curves = epoch_curves(history)
+    return {**{k: int(v) for k, v in counts.items()}, "epochs_run": len(curves.get("loss", [])),
+            "best_val_accuracy": max(curves.get("val_accuracy", [float("nan")])),
+            "seconds": round(float(history.get("seconds", 0.0)), 1)}
+
+
+def report_training(model_dir: str | Path, prefix: str, title: str, result: Mapping,
+                    html_path: str | Path) -> None:
+    """In the active stage run: log the per-epoch history and ``result``, plot the training
+    curves to MLflow, and write them as the KFP UI's HTML artifact."""
+    import json
+
+    from marketsearch import plots
+    from marketsearch.reports import html_page
+
+    mlflow = _mlflow()
+    history = json.loads((Path(model_dir) / "history.json").read_text())
+    log_history(history, prefix)
+    log_numbers(result)
+    png = plots.training_curves_png(epoch_curves(history), Path(model_dir) / "training_curves.png", title)
+    mlflow.log_artifact(str(png), "plots")
+    Path(html_path).write_text(html_page(f"{title} training", [png], dict(result)))
