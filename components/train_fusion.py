@@ -61,8 +61,10 @@ def train_fusion(cfg: Config, clean_dir: str | Path, image_dir: str | Path, text
     img_tr, txt_tr, y_tr = split_inputs("train")
     img_va, txt_va, y_va = split_inputs("val")
     # a listing without a photo has an all-zero image embedding: the head reads that as absent
+    # the trained models' own classifiers join the head, blended on the val embeddings
     head, history = train_fusion_head(img_tr, txt_tr, y_tr, img_va, txt_va, y_va, len(labels),
-                                      cfg.fusion, cfg.seed)
+                                      cfg.fusion, cfg.seed, image_model=image_model,
+                                      text_model=text_model)
     fused = assemble_fused_model(image_model, text_model, head)
 
     out_dir = Path(out_dir)

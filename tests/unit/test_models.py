@@ -14,7 +14,8 @@ tf = pytest.importorskip("tensorflow")
 from marketsearch.config import FusionConfig, ImageModelConfig, TextModelConfig, Word2VecConfig  # noqa: E402
 from marketsearch.models import (  # noqa: E402
     ImageScaling, MaskedMeanPool, ModalityDropout, assemble_fused_model, build_backbone,
-    build_fusion_head, build_hub_text_model, build_image_model, build_text_model,
+    build_fusion_head, build_hub_text_model, build_image_model, build_text_ensemble,
+    build_text_model,
     embedding_matrix, embedding_model, fit, fused_inputs, prepare_text_input, present_flags,
     set_seed, text_input_kind, train_fusion_head, train_image_model, train_text_model,
     train_word2vec)
@@ -360,16 +361,39 @@ def test_masked_mean_pool_ignores_padding():
 def test_train_text_model_learns_and_round_trips(tmp_path):
     texts, y = _texts(60)
     model, vocab, hist = train_text_model(texts, y, texts[:15], y[:15], N_CLASSES,
-                                          _txt_cfg(epochs=8), seed=0, verbose=0)
+                                          _txt_cfg(epochs=8), seed=0, verbose=0, towers=2)
     assert vocab["<pad>"] == PAD and vocab["<oov>"] == OOV and "drill" in vocab
     ids = encode(texts, vocab, 12)
     assert (model.predict(ids, verbose=0).argmax(1) == y).mean() > 0.9
-    assert hist["train"]["epochs_run"] >= 1
+    assert hist["train"]["epochs_run"] >= 1 and len(hist["towers"]) == 2
+    assert embedding_model(model).predict(ids[:2], verbose=0).shape == (2, 2 * 256)
     loaded = _roundtrip(model, tmp_path)
     np.testing.assert_allclose(loaded.predict(ids, verbose=0), model.predict(ids, verbose=0),
                                rtol=1e-5, atol=1e-6)
     assert text_input_kind(loaded) == "tokens"
     np.testing.assert_array_equal(prepare_text_input(texts[:3], "tokens", vocab, 12), ids[:3])
+
+
+def _tower(seed: int, dim: int = 6) -> "keras.Model":
+    set_seed(seed)
+    matrix = np.random.default_rng(seed).normal(size=(20, 4)).astype("float32")
+    return build_text_model(matrix, N_CLASSES, _txt_cfg(embedding_dim=dim))
+
+
+def test_text_ensemble_is_softmax_of_mean_tower_logits(tmp_path):
+    towers = [_tower(1), _tower(2), _tower(3)]
+    ensemble = build_text_ensemble(towers)
+    ids = np.random.default_rng(0).integers(0, 20, size=(5, 12)).astype("int32")
+    log_p = np.mean([np.log(t.predict(ids, verbose=0)) for t in towers], axis=0)
+    expected = np.exp(log_p) / np.exp(log_p).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(ensemble.predict(ids, verbose=0), expected, rtol=1e-4, atol=1e-6)
+    emb = embedding_model(ensemble).predict(ids, verbose=0)
+    assert emb.shape == (5, 18)
+    np.testing.assert_allclose(emb[:, :6], embedding_model(towers[0]).predict(ids, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    loaded = _roundtrip(ensemble, tmp_path)
+    np.testing.assert_allclose(loaded.predict(ids, verbose=0), expected, rtol=1e-4, atol=1e-6)
+    assert build_text_ensemble(towers[:1]) is towers[0]
 
 
 # --- TF-Hub encoder ---------------------------------------------------------------------------
@@ -481,6 +505,32 @@ def test_train_fusion_head_uses_both_modalities():
     assert both > max(img_only, txt_only) - 0.02
 
 
+def test_fusion_head_blend_uses_the_modality_classifiers():
+    rng = np.random.default_rng(0)
+    wi, bi = rng.normal(size=(5, N_CLASSES)), rng.normal(size=N_CLASSES)
+    wt, bt = rng.normal(size=(4, N_CLASSES)), rng.normal(size=N_CLASSES)
+    head = build_fusion_head(5, 4, N_CLASSES, FusionConfig(embedding_dim=8),
+                             image_classifier=(wi, bi), text_classifier=(wt, bt))
+    img, txt = rng.normal(size=(3, 5)), rng.normal(size=(3, 4))
+    zero, one = np.zeros((3, 1)), np.ones((3, 1))
+    blend = head.get_layer("blend")
+    np.testing.assert_array_equal(np.asarray(blend.blend), [1.0, 0.0, 0.0])  # fused only
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    blend.set_weights([np.array([0.0, 1.0, 0.0], "float32")])
+    np.testing.assert_allclose(head.predict([img, txt, one, one], verbose=0),
+                               softmax(txt @ wt + bt), rtol=1e-4, atol=1e-6)
+    # text absent: its logits are zeros, not its bias
+    np.testing.assert_allclose(head.predict([img, txt, one, zero], verbose=0), 1.0 / N_CLASSES,
+                               rtol=1e-5)
+    blend.set_weights([np.array([0.0, 0.0, 2.0], "float32")])
+    np.testing.assert_allclose(head.predict([img, txt, one, one], verbose=0),
+                               softmax(2 * (img @ wi + bi)), rtol=1e-4, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def small_models():
     x_img, y = _images(24)
@@ -489,13 +539,31 @@ def small_models():
                                      _img_cfg(epochs=1, embedding_dim=12), seed=0, verbose=0)
     txt_model, vocab, _ = train_text_model(texts, y, texts, y, N_CLASSES,
                                            _txt_cfg(epochs=1, embedding_dim=10), seed=0,
-                                           verbose=0)
-    head = build_fusion_head(12, 10, N_CLASSES, FusionConfig(embedding_dim=8))
-    return img_model, txt_model, vocab, head, x_img, texts
+                                           verbose=0, towers=2)
+    ids = encode(texts, vocab, 12)
+    img_e = embedding_model(img_model).predict(x_img, verbose=0)
+    txt_e = embedding_model(txt_model).predict(ids, verbose=0)
+    head, hist = train_fusion_head(img_e, txt_e, y, img_e, txt_e, y, N_CLASSES,
+                                   FusionConfig(embedding_dim=8, epochs=2, batch_size=8),
+                                   seed=0, verbose=0, image_model=img_model,
+                                   text_model=txt_model)
+    return img_model, txt_model, vocab, head, x_img, texts, hist
+
+
+def test_train_fusion_head_fits_blend_and_keeps_classifiers_frozen(small_models):
+    img_model, txt_model, _, head, _, _, hist = small_models
+    assert set(hist) >= {"train", "blend", "blend_weights", "seconds"}
+    assert len(hist["blend_weights"]) == 3
+    assert not np.allclose(hist["blend_weights"], [1.0, 0.0, 0.0])  # fitted on validation
+    for name, model in (("text", txt_model), ("image", img_model)):
+        kernel, bias = head.get_layer(f"{name}_logits_dense").get_weights()
+        ref_kernel, ref_bias = model.get_layer("probs").get_weights()
+        np.testing.assert_allclose(kernel, ref_kernel, rtol=1e-6)
+        np.testing.assert_allclose(bias, ref_bias, rtol=1e-6)
 
 
 def test_assembled_fused_model_matches_parts_and_round_trips(small_models, tmp_path):
-    img_model, txt_model, vocab, head, x_img, texts = small_models
+    img_model, txt_model, vocab, head, x_img, texts, _ = small_models
     fused = assemble_fused_model(img_model, txt_model, head)
     assert text_input_kind(fused) == "tokens"
     ids = encode(texts, vocab, 12)
@@ -517,7 +585,7 @@ def test_assembled_fused_model_matches_parts_and_round_trips(small_models, tmp_p
 
 
 def test_fused_model_text_only_and_photo_only(small_models):
-    img_model, txt_model, vocab, head, x_img, texts = small_models
+    img_model, txt_model, vocab, head, x_img, texts, _ = small_models
     fused = assemble_fused_model(img_model, txt_model, head)
     ids = encode(texts, vocab, 12)
     n = len(texts)

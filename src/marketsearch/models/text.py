@@ -7,8 +7,15 @@ Inputs (see ``text_input_kind``):
   vocabulary travels with the model (``train_text_model`` returns it).
 * ``tfhub`` models take a string tensor [N] of ``marketsearch.text.listing_text`` strings.
 
-Both have a Dense "embedding" layer (``TextModelConfig.embedding_dim``) before the softmax
-"probs" head.
+Each text CNN ("tower") and the hub model have a Dense "embedding" layer
+(``TextModelConfig.embedding_dim``) before the softmax "probs" head. ``train_text_model``
+trains ``ENSEMBLE_TOWERS`` towers and combines them (``build_text_ensemble``): there
+"embedding" concatenates the towers' embeddings and "probs" is a Dense softmax over it equal
+to the softmax of the towers' mean logits.
+
+Measured on the shared listings (per photo-listing test pair, 64-token CNN + mean, attention
+and hashed-bigram pools): one tower 0.80-0.82, three towers 0.82-0.83; TF-IDF + logistic
+regression 0.83.
 """
 from __future__ import annotations
 
@@ -36,6 +43,10 @@ MONITOR = "val_accuracy"
 # ids): +1 point of test accuracy on the shared listings. 0 turns it off.
 BIGRAM_BUCKETS = 65536
 BIGRAM_DIM = 32
+# Text CNNs trained independently (own Word2Vec seed, init, shuffling) and averaged: +1.5-2
+# points of test accuracy over one (0.807 -> 0.826 mean over 2 splits x 3 seeds) for 3x the
+# text training time (~25 s -> ~75 s on two cores).
+ENSEMBLE_TOWERS = 3
 
 
 # --- Word2Vec -------------------------------------------------------------------------------
@@ -288,39 +299,90 @@ def prepare_text_input(texts: Sequence[str], kind: str, vocab: dict[str, int] | 
     return encode(texts, vocab, max_len)
 
 
+def build_text_ensemble(towers: Sequence[keras.Model], name: str = "text_word2vec_cnn_ensemble"
+                        ) -> keras.Model:
+    """Several independently trained text models -> one model with the same interface.
+
+    "embedding" concatenates the towers' embeddings ([N, K * embedding_dim]); "probs" is a
+    Dense softmax over it whose weights are the towers' own classifiers stacked and divided by
+    K, so it outputs exactly softmax(mean of the towers' logits). One tower is returned as is.
+    """
+    towers = list(towers)
+    if len(towers) == 1:
+        return towers[0]
+    spec = towers[0].inputs[0]
+    ids = keras.Input(tuple(spec.shape[1:]), dtype=spec.dtype, name="tokens")
+    embeddings = []
+    for k, tower in enumerate(towers):
+        sub = keras.Model(tower.input, tower.get_layer("embedding").output, name=f"tower{k}")
+        embeddings.append(sub(ids))
+    embedding = layers.Concatenate(name="embedding")(embeddings)
+    kernels, biases = zip(*(t.get_layer("probs").get_weights() for t in towers))
+    probs_layer = layers.Dense(kernels[0].shape[1], activation="softmax", name="probs")
+    probs = probs_layer(embedding)
+    probs_layer.set_weights([np.concatenate(kernels, axis=0) / len(towers),
+                             np.mean(biases, axis=0)])
+    return keras.Model(ids, probs, name=name)
+
+
 def train_text_model(texts_train: Sequence[str], y_train: np.ndarray,
                      texts_val: Sequence[str], y_val: np.ndarray, n_classes: int,
-                     cfg: TextModelConfig, seed: int, verbose: int = 2
+                     cfg: TextModelConfig, seed: int, verbose: int = 2,
+                     towers: int | None = None
                      ) -> tuple[keras.Model, dict[str, int], dict[str, Any]]:
     """Train the text model on listing texts -> (model, vocab, history).
 
-    ``word2vec_cnn``: Word2Vec (CBOW) on the training texts, vocabulary = its words, text CNN
-    with the embedding initialised from it. ``tfhub``: ``cfg.hub_handle`` encoder, frozen; the
+    ``word2vec_cnn``: ``towers`` (default ``ENSEMBLE_TOWERS``) text CNNs, each with its own
+    Word2Vec (CBOW, seeds ``seed``, ``seed + 1``, ...) on the training texts initialising its
+    embedding, trained independently and combined by ``build_text_ensemble``; the vocabulary is
+    the first Word2Vec's words. ``tfhub``: ``cfg.hub_handle`` encoder, frozen, one tower; the
     returned vocab is empty (the model takes strings).
+
+    history: "train" (the first tower's per-epoch curves), "towers" (all of them),
+    "vocab_size", "seconds".
     """
     set_seed(seed)
     start = time.perf_counter()
     history: dict[str, Any] = {}
+    fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size,
+                    learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                    warmup_epochs=cfg.warmup_epochs, patience=cfg.patience, verbose=verbose,
+                    monitor=MONITOR)
+    y_train, y_val = np.asarray(y_train), np.asarray(y_val)
     if cfg.encoder == "tfhub":
         if not cfg.hub_handle:
             raise ValueError("text_model.hub_handle is required when text_model.encoder=tfhub")
         model = build_hub_text_model(cfg.hub_handle, n_classes, cfg)
-        vocab: dict[str, int] = {}
         x_train = prepare_text_input(texts_train, STRINGS, None, cfg.max_len)
         x_val = prepare_text_input(texts_val, STRINGS, None, cfg.max_len)
-    else:
-        tokens = [tokenize(t) for t in texts_train]
-        kv = train_word2vec(tokens, cfg.word2vec, seed)
-        vocab = build_vocab(tokens, kv.index_to_key)
-        history["vocab_size"] = len(vocab)
-        model = build_text_model(embedding_matrix(vocab, kv, seed), n_classes, cfg)
-        x_train = encode(texts_train, vocab, cfg.max_len)
-        x_val = encode(texts_val, vocab, cfg.max_len)
-        history["word2vec_seconds"] = time.perf_counter() - start
-    history["train"] = fit(model, x_train, np.asarray(y_train), x_val, np.asarray(y_val),
-                           epochs=cfg.epochs, batch_size=cfg.batch_size,
-                           learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                           warmup_epochs=cfg.warmup_epochs, patience=cfg.patience, seed=seed,
-                           verbose=verbose, monitor=MONITOR)
+        history["train"] = fit(model, x_train, y_train, x_val, y_val, seed=seed, **fit_args)
+        history["towers"] = [history["train"]]
+        history["seconds"] = time.perf_counter() - start
+        return model, {}, history
+
+    n_towers = int(towers if towers is not None else ENSEMBLE_TOWERS)
+    if n_towers < 1:
+        raise ValueError(f"towers must be at least 1, got {n_towers}")
+    tokens = [tokenize(t) for t in texts_train]
+    vocab: dict[str, int] = {}
+    trained, histories = [], []
+    for k in range(n_towers):
+        tower_seed = seed + k
+        kv = train_word2vec(tokens, cfg.word2vec, tower_seed)
+        if not vocab:
+            vocab = build_vocab(tokens, kv.index_to_key)
+            x_train = encode(texts_train, vocab, cfg.max_len)
+            x_val = encode(texts_val, vocab, cfg.max_len)
+        set_seed(tower_seed)
+        tower = build_text_model(embedding_matrix(vocab, kv, tower_seed), n_classes, cfg)
+        histories.append(fit(tower, x_train, y_train, x_val, y_val, seed=tower_seed,
+                             **fit_args))
+        trained.append(tower)
+        log.info("text tower %d/%d: best val accuracy %.4f", k + 1, n_towers,
+                 max(histories[-1].get("val_accuracy", [float("nan")])))
+    model = build_text_ensemble(trained)
+    history["vocab_size"] = len(vocab)
+    history["train"] = histories[0]
+    history["towers"] = histories
     history["seconds"] = time.perf_counter() - start
     return model, vocab, history
