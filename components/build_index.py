@@ -2,7 +2,7 @@
 
 A listing's vector is the mean of the fused embeddings of its photo–text pairs (text only
 when it has no photo), L2-normalised. The output directory is the complete bundle: the model
-files from train_fusion plus ``index/``.
+files from train_fusion plus ``index/`` and the listings' photo thumbnails for the search page.
 """
 
 import logging
@@ -41,7 +41,7 @@ def listing_embeddings(bundle, products: pd.DataFrame, images: pd.DataFrame,
 
 
 def build_index(cfg: Config, clean_dir: str | Path, model_dir: str | Path, out_dir: str | Path) -> dict:
-    from marketsearch.bundle import MODEL_FILES, Bundle
+    from marketsearch.bundle import MODEL_FILES, THUMBNAILS_FILE, Bundle
     from marketsearch.components.clean import CleanData
     from marketsearch.index import SearchIndex
 
@@ -61,6 +61,8 @@ def build_index(cfg: Config, clean_dir: str | Path, model_dir: str | Path, out_d
     queries = vecs[rng.choice(len(vecs), size=min(500, len(vecs)), replace=False)]
     recall = index.recall_at_k(vecs, queries, cfg.index.recall_k)
     index.save(out_dir / "index")
+    if len(data.thumbnails):
+        data.thumbnails.to_parquet(out_dir / THUMBNAILS_FILE, index=False)
     result = {"n_listings": len(ids), "index_type": cfg.index.type, "dim": int(vecs.shape[1]),
               f"recall_at_{cfg.index.recall_k}": float(recall)}
     log.info("build_index: %s", result)

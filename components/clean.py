@@ -18,6 +18,7 @@ from marketsearch.schema import CLEAN_IMAGE_COLUMNS, CLEAN_PRODUCT_COLUMNS, SPLI
 
 log = logging.getLogger(__name__)
 PIXELS_FILE = "images_uint8.npy"
+THUMBS_TABLE = "thumbnails"
 
 
 @dataclass
@@ -26,6 +27,9 @@ class CleanData:
     images: pd.DataFrame
     pixels: np.ndarray  # uint8 [n_images, size, size, 3], row i belongs to images.row == i
     quarantine: list[dict] = field(default_factory=list)
+    # One JPEG per listing (its first photo) for the search page: columns product_id, jpeg.
+    thumbnails: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame({"product_id": [], "jpeg": []}))
 
     @property
     def labels(self) -> list[str]:
@@ -34,14 +38,20 @@ class CleanData:
     def save(self, out_dir: str | Path) -> None:
         out_dir = Path(out_dir)
         snapshot.write_tables(out_dir, products=self.products, images=self.images,
-                              quarantine=quarantine.frame(self.quarantine))
+                              quarantine=quarantine.frame(self.quarantine),
+                              **{THUMBS_TABLE: self.thumbnails})
         np.save(out_dir / PIXELS_FILE, self.pixels)
 
     @classmethod
     def load(cls, directory: str | Path) -> "CleanData":
         q = snapshot.read_table(directory, "quarantine")
-        return cls(snapshot.read_table(directory, "products"), snapshot.read_table(directory, "images"),
+        thumbs = (snapshot.read_table(directory, THUMBS_TABLE)
+                  if (Path(directory) / f"{THUMBS_TABLE}.parquet").exists() else None)
+        data = cls(snapshot.read_table(directory, "products"), snapshot.read_table(directory, "images"),
                    np.load(Path(directory) / PIXELS_FILE), q.to_dict("records"))
+        if thumbs is not None:
+            data.thumbnails = thumbs
+        return data
 
 
 def stratified_split(ids: pd.Series, labels: pd.Series, fractions: dict[str, float],
@@ -72,7 +82,8 @@ def clean_frames(products: pd.DataFrame, images: pd.DataFrame, cfg: Config, *,
     from tqdm import tqdm
 
     from marketsearch.geo import Gazetteer
-    from marketsearch.images import ImageDecodeError, aspect_ratio, decode, to_square
+    from marketsearch.images import (ImageDecodeError, aspect_ratio, decode, thumbnail_jpeg,
+                                     to_square)
     from marketsearch.text import clean_title, listing_text, normalize, parse_price, root_category
 
     size = image_size or cfg.clean.image_size
@@ -113,6 +124,7 @@ def clean_frames(products: pd.DataFrame, images: pd.DataFrame, cfg: Config, *,
 
     pixels = np.empty((len(images), size, size, 3), dtype=np.uint8)
     kept = []
+    thumbs: dict = {}  # product id -> JPEG of its first kept photo
     for raw in tqdm(images.to_dict("records"), desc="clean: photos", mininterval=2):
         pid = raw.get("product_id")
         if pid not in by_id.index:
@@ -131,11 +143,15 @@ def clean_frames(products: pd.DataFrame, images: pd.DataFrame, cfg: Config, *,
                 f"aspect-ratio outlier: {img.width}x{img.height} ({ratio:.1f} > {cfg.clean.max_aspect_ratio})"))
             continue
         pixels[len(kept)] = to_square(img, size)
+        if cfg.clean.thumbnail_size and pid not in thumbs:
+            thumbs[pid] = thumbnail_jpeg(img, cfg.clean.thumbnail_size)
         listing = by_id.loc[pid]
         kept.append({"id": raw["id"], "product_id": pid, "row": len(kept),
                      "category": listing["category"], "split": listing["split"]})
     clean_i = pd.DataFrame(kept, columns=CLEAN_IMAGE_COLUMNS)
-    return CleanData(clean_p.reset_index(drop=True), clean_i, pixels[: len(kept)].copy(), records)
+    thumbnails = pd.DataFrame({"product_id": list(thumbs), "jpeg": list(thumbs.values())})
+    return CleanData(clean_p.reset_index(drop=True), clean_i, pixels[: len(kept)].copy(), records,
+                     thumbnails)
 
 
 def clean(cfg: Config, validated_dir: str | Path, out_dir: str | Path) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -17,16 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from marketsearch.serving.process import free_port
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PG_USER = "postgres"
 PG_PASSWORD = "ms-test-secret"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 # --- data ----------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
@@ -37,14 +31,12 @@ def fixture_dir() -> Path:
         f"{path} is missing; run python tests/fixtures/make_fixture.py"
     return path
 
-
 @pytest.fixture
 def tmp_run_dir(tmp_path: Path) -> Path:
     """An empty run directory for one test (config ``run_dir``)."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     return run_dir
-
 
 # --- Postgres --------------------------------------------------------------------------------
 def _pg_binaries() -> dict[str, str] | None:
@@ -56,7 +48,6 @@ def _pg_binaries() -> dict[str, str] | None:
         if all((bindir / name).exists() for name in found):
             return {name: str(bindir / name) for name in found}
     return None
-
 
 class _PgCluster:
     def __init__(self, binaries: dict[str, str]):
@@ -108,7 +99,6 @@ class _PgCluster:
                       "stop", check=False)
         shutil.rmtree(self.base, ignore_errors=True)
 
-
 @pytest.fixture(scope="session")
 def postgres_url():
     """URL (postgresql://postgres:<password>@127.0.0.1:<port>/postgres) of a throw-away
@@ -122,7 +112,6 @@ def postgres_url():
         yield cluster.start()
     finally:
         cluster.stop()
-
 
 @pytest.fixture
 def postgres_db_url(postgres_url: str):
@@ -140,7 +129,6 @@ def postgres_db_url(postgres_url: str):
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
-
 
 # --- S3 (moto server over HTTP) -----------------------------------------------------------
 @pytest.fixture(scope="session")
@@ -168,7 +156,6 @@ def s3_endpoint():
     finally:
         server.stop()
         patch.undo()
-
 
 @pytest.fixture
 def s3_bucket(s3_endpoint: str) -> str:

@@ -3,18 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from marketsearch.serving.process import free_port  # noqa: F401  (re-exported for tests)
 
 
 @contextlib.contextmanager

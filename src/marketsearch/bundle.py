@@ -6,6 +6,7 @@
     fused.keras    the served model           (photo, text, presence flags -> probs, fused_embedding)
     vocab.json     token -> id (word2vec text model)
     index/         FAISS index of the catalogue's fused embeddings + id map + listing metadata
+    thumbnails.parquet  product_id -> JPEG of the listing's first photo (search page; optional)
 
 Training, evaluation, the index build and the server all go through ``Bundle`` so that a
 listing is preprocessed and embedded the same way everywhere.
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 META = "meta.json"
+THUMBNAILS_FILE = "thumbnails.parquet"
 MODEL_FILES = ("image.keras", "text.keras", "fused.keras", "vocab.json", META)
 
 
@@ -75,6 +77,17 @@ class Bundle:
 
         return SearchIndex.load(self.root / "index")
 
+    @cached_property
+    def thumbnails(self) -> dict:
+        """product id -> JPEG bytes of its first photo ({} for a bundle without thumbnails)."""
+        path = self.root / THUMBNAILS_FILE
+        if not path.exists():
+            return {}
+        import pandas as pd
+
+        table = pd.read_parquet(path)
+        return dict(zip(table["product_id"].tolist(), table["jpeg"].tolist()))
+
     @property
     def has_index(self) -> bool:
         return (self.root / "index").exists()
@@ -97,11 +110,39 @@ class Bundle:
         return pixels.astype(np.uint8, copy=False)
 
     # --- inference ---------------------------------------------------------------------------
+    def _compiled(self, per_modality: bool):
+        """The fused model (with ``per_modality`` also the photo and text models) traced once as
+        a TensorFlow function over a variable batch size. Calling a Keras model eagerly or
+        through ``predict`` costs ~40 ms of overhead per call; the traced function ~3 ms for the
+        whole fused + per-modality forward pass of one item on this machine's CPU."""
+        key = "_fn_all" if per_modality else "_fn_fused"
+        if key not in self.__dict__:
+            import tensorflow as tf
+
+            fused = self.fused_model
+            image, text = (self.image_model, self.text_model) if per_modality else (None, None)
+            spec = {t.name: tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in fused.inputs}
+
+            @tf.function(input_signature=[spec])
+            def forward(x):
+                out = fused(x, training=False)
+                result = {"probs": out["probs"], "fused_embedding": out["fused_embedding"]}
+                if image is not None:
+                    result["image_probs"] = image(x["image"], training=False)
+                    result["text_probs"] = text(x["text"], training=False)
+                return result
+
+            self.__dict__[key] = forward
+        return self.__dict__[key]
+
     def predict(self, texts: list[str] | None, pixels: np.ndarray | None,
                 has_text: np.ndarray | None = None, has_image: np.ndarray | None = None,
                 per_modality: bool = True, batch_size: int = 256) -> Predictions:
         """Classify and embed N items. ``texts`` (listing_text strings) or ``pixels`` may be None;
-        the presence flags mark per item which modality it has (default: all that are given)."""
+        the presence flags mark per item which modality it has (default: all that are given).
+
+        Training-time evaluation, the index build and the server all call this, so an item is
+        preprocessed and run through the same traced function wherever it is seen."""
         n = len(texts) if texts is not None else len(pixels)
         has_text = np.ones(n, np.float32) if has_text is None else np.asarray(has_text, np.float32)
         has_image = np.ones(n, np.float32) if has_image is None else np.asarray(has_image, np.float32)
@@ -111,16 +152,19 @@ class Bundle:
             has_image = np.zeros(n, np.float32)
         text_x = self.text_batch(texts if texts is not None else [""] * n)
         image_x = self.image_batch(pixels, n)
-        out = self.fused_model.predict(
-            {"image": image_x, "text": text_x, "image_present": has_image[:, None],
-             "text_present": has_text[:, None]}, batch_size=batch_size, verbose=0)
-        image_probs = text_probs = None
-        if per_modality and pixels is not None:
-            image_probs = self.image_model.predict(image_x, batch_size=batch_size, verbose=0)
-        if per_modality and texts is not None:
-            text_probs = self.text_model.predict(text_x, batch_size=batch_size, verbose=0)
-        return Predictions(image_probs, text_probs, np.asarray(out["probs"]),
-                           np.asarray(out["fused_embedding"]))
+        forward = self._compiled(per_modality)
+        chunks: dict[str, list[np.ndarray]] = {}
+        for start in range(0, n, batch_size):
+            end = start + batch_size
+            out = forward({"image": image_x[start:end], "text": text_x[start:end],
+                           "image_present": has_image[start:end, None],
+                           "text_present": has_text[start:end, None]})
+            for name, value in out.items():
+                chunks.setdefault(name, []).append(value.numpy())
+        out = {name: np.concatenate(parts) for name, parts in chunks.items()}
+        return Predictions(out.get("image_probs") if pixels is not None else None,
+                           out.get("text_probs") if texts is not None else None,
+                           out["probs"], out["fused_embedding"])
 
     # --- writing -----------------------------------------------------------------------------
     @staticmethod

@@ -164,10 +164,66 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _serving_model_dir(cfg, model: str | None) -> Path:
+    return Path(model) if model else cfg.path(cfg.serving.model_dir)
+
+
+def cmd_serve(args) -> int:
+    from marketsearch.serving.server import serve
+
+    cfg = _config(args)
+    serve(_serving_model_dir(cfg, args.model), cfg.serving, args.port)
+    return 0
+
+
+def _photo_b64(path: str) -> str:
+    import base64
+
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def cmd_search(args) -> int:
+    from marketsearch.serving.contract import RequestError
+    from marketsearch.serving.engine import SearchEngine
+
+    cfg = _config(args)
+    engine = SearchEngine.load(_serving_model_dir(cfg, args.model), cfg.serving)
+    instance = {"product_name": args.query or None, "k": args.k, "location": args.near}
+    if args.image:
+        instance["image_b64"] = _photo_b64(args.image)
+    try:
+        answer = engine.answer_instances([{k: v for k, v in instance.items() if v is not None}])[0]
+    except RequestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(answer.to_v1()))
+        return 0
+    top = sorted(answer.scores.items(), key=lambda kv: -kv[1])[:3]
+    print(f"category: {answer.category}  ({answer.modality} model; "
+          + ", ".join(f"{c} {p:.2f}" for c, p in top) + ")")
+    print(format_neighbors(answer.neighbors))
+    return 0
+
+
+def format_neighbors(rows: list[dict]) -> str:
+    """A fixed-width table of neighbours for the terminal."""
+    head = f"{'#':>3} {'score':>6} {'sim':>6} {'km':>6} {'price':>9}  {'category':<24} title"
+    lines = [head, "-" * len(head)]
+    for i, r in enumerate(rows, 1):
+        km = "" if r.get("distance_km") is None else f"{r['distance_km']:.0f}"
+        price = "" if r.get("price") is None else f"£{r['price']:,.0f}"
+        lines.append(f"{i:>3} {r['score']:>6.3f} {r['similarity']:>6.3f} {km:>6} {price:>9}  "
+                     f"{str(r.get('category') or '')[:24]:<24} {str(r.get('title') or '')[:60]}"
+                     f"  [{r['product_id']}]")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its probe of CPU builds
     parser = argparse.ArgumentParser(prog="marketsearch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -188,8 +244,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default="build/pipelines/training.yaml")
     p.set_defaults(func=cmd_compile)
 
+    p = sub.add_parser("serve", help="serve the champion bundle over HTTP (KServe V1 and V2, "
+                                     "search page at /search)")
+    _add_config_args(p)
+    p.add_argument("--model", help="bundle directory, e.g. /mnt/models under KServe "
+                                   "(default: serving.model_dir)")
+    p.add_argument("--port", type=int, help="HTTP port (default: serving.port, 8080)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("search", help="search the index in-process, as the server does")
+    _add_config_args(p)
+    p.add_argument("query", nargs="?", default="", help="what you are looking for")
+    p.add_argument("--image", help="a photo (JPEG/PNG) to search by, with or without a query")
+    p.add_argument("--near", help='"Town, County": re-rank by distance from there')
+    p.add_argument("-k", type=int, default=10, help="how many listings (default 10)")
+    p.add_argument("--model", help="bundle directory (default: serving.model_dir)")
+    p.add_argument("--json", action="store_true", help="print the V1 prediction as JSON")
+    p.set_defaults(func=cmd_search)
+
     args = parser.parse_args(argv)
-    if getattr(args, "json", False) and args.command == "evaluate":
+    if getattr(args, "json", False) and args.command in ("evaluate", "search"):
         logging.getLogger().setLevel(logging.WARNING)
     return args.func(args)
 

@@ -68,6 +68,9 @@ class CleanConfig(_Section):
     database_url: str = "sqlite:///{run_dir}/marketsearch.db"
     database_url_env: str = "MARKETSEARCH_DB_URL"
     gazetteer_min_population: int = 500
+    # The first photo of each listing is also kept as a JPEG thumbnail of this size (pixels,
+    # square) for the search page; 0 keeps none.
+    thumbnail_size: int = 160
 
 
 class ImageModelConfig(_Section):
@@ -150,7 +153,25 @@ class MlflowConfig(_Section):
 
 
 class ServingConfig(_Section):
+    # Where deploy puts the champion bundle and where `marketsearch serve` loads it from
+    # (KServe mounts a storageUri at /mnt/models: pass --model /mnt/models there).
     model_dir: str = "{run_dir}/serving/marketsearch"
+    model_name: str = "marketsearch"
+    port: int = 8080
+    # Request limits: a bigger body is answered 413, a bigger batch or k 400.
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_instances: int = 64
+    max_photo_bytes: int = 8 * 1024 * 1024
+    default_k: int = 10
+    max_k: int = 100
+    # Location re-ranking (see SearchIndex.search_near):
+    #   score = similarity - distance_weight * min(distance_km / distance_radius_km, 1)
+    # over the rerank_pool_factor * k most similar listings.
+    distance_weight: float = 0.1
+    distance_radius_km: float = 50.0
+    rerank_pool_factor: int = 10
+    # Threads that run model calls beside the event loop (TensorFlow releases the GIL).
+    inference_threads: int = 2
 
 
 class KfpConfig(_Section):

@@ -54,6 +54,13 @@ def to_square(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+def thumbnail_jpeg(img: Image.Image, size: int, quality: int = 80) -> bytes:
+    """The photo letterboxed to a ``size`` square, as JPEG bytes (for the search page)."""
+    buf = io.BytesIO()
+    Image.fromarray(to_square(img, size)).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def preprocess(data: bytes, size: int) -> np.ndarray:
     """Photo bytes -> uint8 [size, size, 3]; raises ImageDecodeError for bad bytes."""
     return to_square(decode(data), size)

@@ -292,6 +292,13 @@ class SearchIndex:
             rows.append(self._row_of[pid])
         return self.metadata.iloc[rows].reset_index(drop=True)
 
+    def row_of(self, product_id) -> int:
+        """The FAISS row (and metadata row) of a product id (KeyError if unknown)."""
+        row = self._row_of.get(_plain(product_id))
+        if row is None:
+            raise KeyError(f"product id {product_id!r} is not in the index")
+        return row
+
     def vector_of(self, product_id) -> np.ndarray:
         """The stored (normalised) embedding of a product, for "more like this" queries."""
         row = self._row_of.get(_plain(product_id))

@@ -1,0 +1,1 @@
+"""Serving: the request contract, the search engine and the KServe model server."""
