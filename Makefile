@@ -6,7 +6,9 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/local.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-all compile mlflow-ui clean-runs
+PORT ?= 8080
+
+.PHONY: setup setup-browser run serve bench-serve test test-all compile mlflow-ui clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +18,25 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 
+# Debian's Chromium for the search page's browser test (the tests skip, saying so, without it).
+setup-browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@chromium --version
+
 run:
 	$(BIN)/marketsearch run --config $(CONFIG)
+
+# The champion bundle that `make run` deployed, behind KServe's V1/V2 protocol on $(PORT);
+# the search page is at http://localhost:$(PORT)/search.
+serve:
+	$(BIN)/marketsearch serve --config $(CONFIG) --port $(PORT)
+
+# Latency/throughput of the server against the in-process floor, and the index at 100k/1M
+# items; writes bench/reports/{serve,index}.{md,json}.
+bench-serve:
+	$(BIN)/python -m bench.bench_serve --config $(CONFIG)
+	$(BIN)/python -m bench.bench_index
 
 test:
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
