@@ -49,3 +49,6 @@ mlflow-ui:
 
 clean-runs:
 	rm -rf runs
+
+# The cluster path's targets (images, kind, terraform/EKS) live in mk/*.mk, one file per area.
+-include mk/*.mk
