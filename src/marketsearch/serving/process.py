@@ -49,28 +49,25 @@ def _status(url: str) -> int:
 
 
 @contextlib.contextmanager
-def model_server(model_dir: str | Path, log_path: str | Path, port: int | None = None,
-                 extra_args: list[str] | None = None, timeout: float = 180.0):
-    """Run ``marketsearch serve --model model_dir`` on a free loopback port until the block
-    ends; yields a ServerProcess once ``/v2/health/ready`` answers 200."""
-    port = port or free_port()
-    exe = Path(sys.executable).with_name("marketsearch")
-    cmd = [str(exe), "serve", "--model", str(model_dir), "--port", str(port), *(extra_args or [])]
+def running(cmd: list[str], ready_url: str, log_path: str | Path, timeout: float = 180.0,
+            env: dict | None = None):
+    """Run ``cmd`` (its output to ``log_path``) until the block ends; yields a ServerProcess
+    once GET ``ready_url`` answers 200, polling every 50 ms and recording each answer."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "w")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = ServerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or dict(os.environ))
+    base = ready_url.split("/", 3)
+    server = ServerProcess("/".join(base[:3]), proc, log_path)
     start = time.monotonic()
     try:
         while True:
-            status = _status(f"{server.url}/v2/health/ready")
+            status = _status(ready_url)
             server.readiness.append((round(time.monotonic() - start, 3), status))
             if status == 200:
                 break
             if proc.poll() is not None or time.monotonic() - start > timeout:
-                raise RuntimeError(f"model server did not become ready:\n{server.log()[-4000:]}")
+                raise RuntimeError(f"{cmd[0]} did not become ready:\n{server.log()[-4000:]}")
             time.sleep(0.05)
         yield server
     finally:
@@ -81,3 +78,16 @@ def model_server(model_dir: str | Path, log_path: str | Path, port: int | None =
             proc.kill()
             proc.wait(5)
         out.close()
+
+
+@contextlib.contextmanager
+def model_server(model_dir: str | Path, log_path: str | Path, port: int | None = None,
+                 extra_args: list[str] | None = None, timeout: float = 180.0):
+    """Run ``marketsearch serve --model model_dir`` on a free loopback port until the block
+    ends; yields a ServerProcess once ``/v2/health/ready`` answers 200."""
+    port = port or free_port()
+    exe = Path(sys.executable).with_name("marketsearch")
+    cmd = [str(exe), "serve", "--model", str(model_dir), "--port", str(port), *(extra_args or [])]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    with running(cmd, f"http://127.0.0.1:{port}/v2/health/ready", log_path, timeout, env) as srv:
+        yield srv
