@@ -63,7 +63,7 @@ def build_index(cfg: Config, clean_dir: str | Path, model_dir: str | Path, out_d
     index.save(out_dir / "index")
     if len(data.thumbnails):
         data.thumbnails.to_parquet(out_dir / THUMBNAILS_FILE, index=False)
-    result = {"n_listings": len(ids), "index_type": cfg.index.type, "dim": int(vecs.shape[1]),
+    result = {"n_listings": len(ids), "index_type": cfg.index.type_for(len(ids)), "dim": int(vecs.shape[1]),
               f"recall_at_{cfg.index.recall_k}": float(recall)}
     log.info("build_index: %s", result)
     return result

@@ -135,12 +135,24 @@ class EvaluateConfig(_Section):
 
 
 class IndexConfig(_Section):
-    type: Literal["flat", "hnsw", "ivf"] = "flat"
+    # From bench/reports/index.md (2 cores, one query at a time): exact search costs ~0.1 ms at
+    # 6k listings, ~3 ms p50 at 100k and ~30 ms at 1M; IVF with nlist ~ 4*sqrt(N) and nprobe 16
+    # kept recall@10 >= 0.97 at p99 <= 0.32 ms at 1M. "auto" therefore serves exact (flat)
+    # search up to auto_flat_max listings and IVF above; flat, hnsw and ivf force one type.
+    type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    auto_flat_max: int = 50_000
     hnsw_m: int = 32
-    hnsw_ef_search: int = 64
-    ivf_nlist: int = 64
-    ivf_nprobe: int = 8
+    hnsw_ef_search: int = 128
+    # 0: 4 * sqrt(N) lists (4,000 at 1M items); FAISS also wants >= 39 training points a list.
+    ivf_nlist: int = 0
+    ivf_nprobe: int = 16
     recall_k: int = 10
+
+    def type_for(self, n: int) -> str:
+        """The index type used for ``n`` vectors."""
+        if self.type != "auto":
+            return self.type
+        return "flat" if n <= self.auto_flat_max else "ivf"
 
 
 class MlflowConfig(_Section):
@@ -174,14 +186,106 @@ class ServingConfig(_Section):
     inference_threads: int = 2
 
 
+# The pipeline's stages (KFP task names use dashes: train-image-component) and the kind of
+# each, which picks its image and its Kubernetes requests/limits.
+KFP_STAGES = ("ingest", "validate", "clean", "train_image", "train_text", "train_fusion",
+              "build_index", "evaluate", "deploy")
+KFP_STAGE_KINDS = {"ingest": "data", "validate": "data", "clean": "data", "deploy": "data",
+                   "train_image": "train", "train_text": "train", "train_fusion": "train",
+                   "build_index": "evaluate", "evaluate": "evaluate"}
+
+
+class KfpResources(_Section):
+    """Kubernetes requests/limits of one kind of stage, written as Kubernetes writes them."""
+    cpu_request: str | None = Field(None, pattern=r"^([0-9]*[.])?[0-9]+m?$")
+    cpu_limit: str | None = Field(None, pattern=r"^([0-9]*[.])?[0-9]+m?$")
+    memory_request: str | None = Field(None, pattern=r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
+    memory_limit: str | None = Field(None, pattern=r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
+
+
 class KfpConfig(_Section):
     pipeline_root: str = "{run_dir}/kfp"
-    # Container image for every component: registry prefix + name + tag (cluster only).
+    # Container image of each component: <image_registry>/<name>:<image_tag>. On EKS the
+    # registry is the ECR prefix (terraform output image_registry) and the tag the one
+    # `make images` pushed (the git short sha); on kind, the tags `make kind-up` loaded.
     image_registry: str = "marketsearch"
     image_tag: str = "latest"
-    trainer_image: str = "trainer"
-    base_image: str = "base"
+    base_image: str = "base"          # ingest, validate, clean, deploy
+    trainer_image: str = "trainer"    # the trainers, build_index, evaluate
+    serving_image: str = "serving"    # the KServe predictor (`marketsearch serve`)
+    # The CUDA variant of the trainer image is the same name with this suffix on its tag.
+    gpu_tag_suffix: str = "-gpu"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+
+    # --- Kubernetes platform settings -----------------------------------------------------
+    # Compiled into the pipeline only when `kubernetes` is true (kind, EKS); the laptop's
+    # kfp.local run (config/local.yaml) gets none of them.
+    kubernetes: bool = False
+    # GPU stages: the CUDA trainer image, `gpu_count` x `gpu_resource`, the GPU node group's
+    # node selector and a toleration of its taint.
     use_gpu: bool = False
+    gpu_stages: list[str] = ["train_image", "train_text", "train_fusion"]
+    gpu_resource: str = "nvidia.com/gpu"
+    gpu_count: int = Field(1, ge=1)
+    gpu_node_selector: dict[str, str] = {"marketsearch/node-pool": "gpu"}
+    gpu_toleration_key: str = "nvidia.com/gpu"
+    gpu_toleration_effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+    # Node selector of the other (CPU) stages; empty: anywhere.
+    node_selector: dict[str, str] = {}
+    # Requests/limits per kind of stage (see KFP_STAGE_KINDS).
+    resources: dict[Literal["data", "train", "evaluate"], KfpResources] = {
+        "data": KfpResources(cpu_request="500m", cpu_limit="2", memory_request="2Gi",
+                             memory_limit="8Gi"),
+        "train": KfpResources(cpu_request="2", cpu_limit="4", memory_request="8Gi",
+                              memory_limit="14Gi"),
+        "evaluate": KfpResources(cpu_request="1", cpu_limit="4", memory_request="4Gi",
+                                 memory_limit="12Gi"),
+    }
+    # Retries per stage (absent: none), with exponential back-off.
+    retries: dict[str, int] = {"ingest": 2, "validate": 1, "clean": 2, "train_image": 1,
+                               "train_text": 1, "train_fusion": 1, "build_index": 1}
+    retry_backoff: str = "30s"
+    retry_backoff_factor: float = 2.0
+    retry_backoff_max: str = "3600s"
+    # KFP caching per stage (absent: KFP's default, on). Off where a stage reads the outside
+    # world (ingest) or decides/acts on it (evaluate compares with the current champion,
+    # deploy promotes).
+    caching: dict[str, bool] = {"ingest": False, "validate": True, "clean": True,
+                                "train_image": True, "train_text": True, "train_fusion": True,
+                                "build_index": True, "evaluate": False, "deploy": False}
+    # Secrets reach every stage as environment variables from this Kubernetes secret (in the
+    # namespace the pipeline's pods run in): env var -> key in the secret. Never literals.
+    secret_name: str | None = None
+    secret_env: dict[str, str] = {}
+    # Labels on every stage's pod (NetworkPolicies select the pipeline's pods by them).
+    pod_labels: dict[str, str] = {"app.kubernetes.io/part-of": "marketsearch"}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "KfpConfig":
+        for field in ("gpu_stages", "retries", "caching"):
+            unknown = sorted(set(getattr(self, field)) - set(KFP_STAGES))
+            if unknown:
+                raise ValueError(f"kfp.{field}: unknown stage(s) {unknown}; stages are "
+                                 f"{list(KFP_STAGES)}")
+        if any(n < 0 for n in self.retries.values()):
+            raise ValueError("kfp.retries: a retry count must be 0 or more")
+        if self.use_gpu and not self.kubernetes:
+            raise ValueError("kfp.use_gpu needs kfp.kubernetes: true (GPUs are requested from "
+                             "Kubernetes; the local runner has none to give)")
+        if self.secret_env and not self.secret_name:
+            raise ValueError("kfp.secret_env is set but kfp.secret_name is not")
+        keys = list(self.secret_env.values())
+        if len(keys) != len(set(keys)):
+            raise ValueError("kfp.secret_env: each secret key may feed one env var only")
+        if self.kubernetes and self.image_tag == "latest":
+            raise ValueError("kfp.image_tag: pin a tag for a cluster (the git sha `make images` "
+                             "pushed, or the tag `make kind-up` loaded), not 'latest'")
+        return self
+
+    def image(self, name: str, gpu: bool = False) -> str:
+        """A full image reference: <image_registry>/<name>:<image_tag>[<gpu_tag_suffix>]."""
+        prefix = f"{self.image_registry.rstrip('/')}/" if self.image_registry else ""
+        return f"{prefix}{name}:{self.image_tag}{self.gpu_tag_suffix if gpu else ''}"
 
 
 class Config(_Section):

@@ -8,8 +8,10 @@ types, chosen by ``IndexConfig.type``:
 - ``hnsw``: ``IndexHNSWFlat`` with ``METRIC_INNER_PRODUCT``, ``M = hnsw_m``,
   ``efSearch = hnsw_ef_search``; no training.
 - ``ivf``: ``IndexIVFFlat`` over an ``IndexFlatIP`` coarse quantizer, trained (k-means) on
-  the vectors themselves; ``nlist = min(ivf_nlist, N // 39)`` (FAISS wants about 39
+  the vectors themselves; ``nlist = min(ivf_nlist or 4·√N, N // 39)`` (FAISS wants about 39
   training points per centroid), ``nprobe = min(ivf_nprobe, nlist)``.
+- ``auto`` (the default): ``flat`` up to ``auto_flat_max`` vectors, ``ivf`` above, as the
+  benchmark in bench/reports/index.md chose.
 
 A ``SearchIndex`` is the FAISS index plus the product id of every row and the listings'
 metadata (id, title, price, category, lat, lon, photo id: whatever columns are given), and
@@ -65,7 +67,8 @@ def normalize(vectors) -> np.ndarray:
 
 
 def _ivf_nlist(n: int, wanted: int) -> int:
-    return max(1, min(int(wanted), n // MIN_POINTS_PER_CENTROID))
+    wanted = int(wanted) if wanted else int(round(4 * np.sqrt(n)))
+    return max(1, min(wanted, n // MIN_POINTS_PER_CENTROID))
 
 
 def build_index(vectors, cfg: IndexConfig | None = None) -> faiss.Index:
@@ -75,13 +78,14 @@ def build_index(vectors, cfg: IndexConfig | None = None) -> faiss.Index:
     cfg = cfg or IndexConfig()
     x = normalize(vectors)
     n, d = x.shape
-    if cfg.type == "flat":
+    kind = cfg.type_for(n)
+    if kind == "flat":
         index = faiss.IndexFlatIP(d)
-    elif cfg.type == "hnsw":
+    elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = max(40, 2 * cfg.hnsw_m)
         index.hnsw.efSearch = cfg.hnsw_ef_search
-    elif cfg.type == "ivf":
+    elif kind == "ivf":
         if n == 0:
             raise ValueError("an ivf index must be trained: no vectors given")
         nlist = _ivf_nlist(n, cfg.ivf_nlist)
@@ -97,7 +101,7 @@ def build_index(vectors, cfg: IndexConfig | None = None) -> faiss.Index:
         raise ValueError(f"index type {cfg.type!r} is not one of flat, hnsw, ivf")
     if n:
         index.add(x)
-    log.info("built %s index: %d vectors of dimension %d", cfg.type, index.ntotal, d)
+    log.info("built %s index: %d vectors of dimension %d", kind, index.ntotal, d)
     return index
 
 
@@ -319,7 +323,7 @@ class SearchIndex:
         self.metadata.to_parquet(directory / METADATA_FILE, index=False)
         manifest = {
             "format_version": FORMAT_VERSION,
-            "type": self.cfg.type,
+            "type": self.cfg.type_for(len(self)),
             "faiss_class": type(self.index).__name__,
             "dim": int(self.index.d),
             "ntotal": int(self.index.ntotal),
@@ -329,7 +333,8 @@ class SearchIndex:
             "metadata_columns": list(self.metadata.columns),
         }
         (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        log.info("saved %s index of %d listings to %s", self.cfg.type, len(self), directory)
+        log.info("saved %s index of %d listings to %s", self.cfg.type_for(len(self)), len(self),
+                 directory)
         return directory
 
     @classmethod

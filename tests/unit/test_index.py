@@ -58,6 +58,20 @@ def test_index_parameters_follow_config(data):
     assert (ivf.nlist, ivf.nprobe) == (64, 8)
     small = build_index(x[:400], IndexConfig(type="ivf", ivf_nlist=64, ivf_nprobe=8))
     assert small.nlist == 400 // 39 and small.nprobe == 8
+    default = build_index(x, IndexConfig(type="ivf"))  # 4 * sqrt(N) lists, capped at N // 39
+    assert default.nlist == min(round(4 * np.sqrt(len(x))), len(x) // 39)
+
+
+def test_auto_is_exact_for_a_small_catalogue_and_ivf_for_a_large_one(data):
+    import faiss
+
+    x, q = data
+    cfg = IndexConfig(type="auto", auto_flat_max=len(x))
+    assert isinstance(build_index(x, cfg), faiss.IndexFlatIP)
+    assert cfg.type_for(len(x) + 1) == "ivf"
+    ivf = build_index(x, IndexConfig(type="auto", auto_flat_max=len(x) - 1))
+    assert faiss.try_extract_index_ivf(ivf) is not None
+    assert recall_at_k(ivf, x, q, 10) >= 0.9
 
 
 def test_scores_are_cosines(data):
