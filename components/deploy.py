@@ -1,7 +1,17 @@
 """deploy: promote the evaluated version to champion and put its bundle where it is served.
 
-Runs only when evaluate decided to promote. Locally the serving directory is the model
-server's model directory (``serving.model_dir``).
+Runs only when evaluate decided to promote. First the MLflow alias "champion" moves to the new
+version, then:
+
+* on a laptop (``kserve.enabled`` false, the default) the bundle is copied into the model
+  server's model directory (``serving.model_dir``);
+* on a cluster (``kserve.enabled``) the KServe InferenceService is rolled out to the bundle
+  (marketsearch.kube: created when absent, else a canary that is promoted once Ready or rolled
+  back). KServe downloads the bundle itself, so it must be in object storage: the bundle
+  artifact's own URI in the pipeline root (an s3:// pipeline root), or, with
+  ``kserve.model_uri_prefix``, a copy this step uploads to ``<prefix>/<version>/``. When the
+  rollout fails, the champion alias goes back to the version that still serves, and the step
+  fails with the reason.
 """
 
 import json
@@ -15,15 +25,26 @@ from marketsearch.config import Config
 log = logging.getLogger(__name__)
 
 
-def deploy(cfg: Config, bundle_dir: str | Path, decision: dict) -> dict:
+def deploy(cfg: Config, bundle_dir: str | Path, decision: dict, storage_uri: str | None = None,
+           api=None) -> dict:
+    """Promote ``decision["version"]`` and publish its bundle (see the module docstring).
+
+    ``storage_uri``: the bundle artifact's URI (KFP's ``Artifact.uri``), used on a cluster when
+    no ``kserve.model_uri_prefix`` is set; ``api``: a kubernetes CustomObjectsApi (tests).
+    """
     from marketsearch import registry
     from marketsearch.bundle import Bundle
 
     if not decision.get("promote"):
         raise ValueError(f"deploy called for a version that was not promoted: {decision.get('reason')}")
     version = str(decision["version"])
+    if cfg.kserve.enabled:                 # where KServe will read it, before the alias moves
+        storage_uri = _cluster_storage_uri(cfg, bundle_dir, version, storage_uri)
+    previous = registry.champion(cfg) if cfg.kserve.enabled else None
     registry.promote(cfg, version, {"pipeline_run": decision.get("pipeline_run", ""),
                                     "data_hash": decision.get("data_hash", "")})
+    if cfg.kserve.enabled:
+        return _deploy_to_cluster(cfg, version, storage_uri, previous, api)
     target = cfg.path(cfg.serving.model_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     Bundle.copy(bundle_dir, target)
@@ -31,6 +52,49 @@ def deploy(cfg: Config, bundle_dir: str | Path, decision: dict) -> dict:
     result = {"version": version, "model_dir": str(target)}
     log.info("deploy: version %s is champion, served from %s", version, target)
     return result
+
+
+def _cluster_storage_uri(cfg: Config, bundle_dir: str | Path, version: str,
+                         artifact_uri: str | None) -> str:
+    from marketsearch import kube
+
+    kube.serving_image(cfg)                # a bad (unpinned) image fails here, not half-way
+    if cfg.kserve.model_uri_prefix:
+        return kube.upload_bundle(cfg, bundle_dir, version)
+    return kube.storage_uri_for(artifact_uri or str(bundle_dir))
+
+
+def _deploy_to_cluster(cfg: Config, version: str, uri: str, previous, api) -> dict:
+    from marketsearch import kube
+
+    ks = cfg.kserve
+    try:
+        rollout = kube.deploy_inference_service(cfg, uri, model_version=version, api=api)
+    except Exception:                      # nothing new serves: neither may the alias say so
+        _restore_champion(cfg, previous, version)
+        raise
+    result = {"version": version, "storage_uri": uri,
+              "inference_service": f"{ks.namespace}/{ks.name}", "rollout": rollout["action"]}
+    if rollout.get("url"):
+        result["url"] = rollout["url"]
+    log.info("deploy: version %s is champion, InferenceService %s %s on %s", version,
+             result["inference_service"], rollout["action"], uri)
+    return result
+
+
+def _restore_champion(cfg: Config, previous, failed_version: str) -> None:
+    """The cluster still serves ``previous``: give the champion alias back to it."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    name, alias = cfg.mlflow.registered_model, cfg.mlflow.champion_alias
+    client.set_model_version_tag(name, failed_version, "deploy.status", "rolled_back")
+    if previous is not None:
+        client.set_registered_model_alias(name, alias, previous.version)
+    else:
+        client.delete_registered_model_alias(name, alias)
+    log.error("deploy: the rollout of version %s failed; %s is %s again", failed_version, alias,
+              previous.version if previous is not None else "unset")
 
 
 def deploy_component(config_json: str, parent_run_id: str, bundle: dsl.Input[dsl.Model],
@@ -48,7 +112,7 @@ def deploy_component(config_json: str, parent_run_id: str, bundle: dsl.Input[dsl
     cfg = Config.from_json(config_json)
     decision = json.loads((Path(evaluation.path) / "decision.json").read_text())
     with tracking.stage_run(cfg, parent_run_id, "deploy"):
-        result = deploy(cfg, bundle.path, decision)
+        result = deploy(cfg, bundle.path, decision, storage_uri=bundle.uri)
         mlflow.log_params(result)
         mlflow.log_dict(decision, "decision.json")
     return result["version"]

@@ -2,7 +2,7 @@
 
 Table-level failures (a required column missing, an empty table, more bad rows than
 ``validate.max_bad_fraction``) are critical: the report is written, then the run stops with a
-message. Row-level failures (config/expectations.yaml) quarantine the row and the run goes on.
+message. Row-level failures (src/marketsearch/data/expectations.yaml) quarantine the row and the run goes on.
 """
 
 import logging
@@ -13,11 +13,14 @@ import pandas as pd
 import yaml
 from kfp import dsl
 
+import marketsearch
 from marketsearch import quarantine, snapshot
-from marketsearch.config import REPO_ROOT, Config
+from marketsearch.config import Config
 
 log = logging.getLogger(__name__)
-EXPECTATIONS = REPO_ROOT / "config" / "expectations.yaml"
+# The row checks ship inside the package (an installed stage image has no repo checkout);
+# validate.expectations_file points elsewhere.
+EXPECTATIONS = Path(marketsearch.__file__).resolve().parent / "data" / "expectations.yaml"
 
 
 class ValidationError(RuntimeError):
@@ -114,10 +117,11 @@ def _quarantine(frame: pd.DataFrame, table: str, failures: dict) -> tuple[pd.Dat
 
 
 def validate(cfg: Config, snapshot_dir: str | Path, out_dir: str | Path,
-             expectations: str | Path = EXPECTATIONS) -> dict:
+             expectations: str | Path | None = None) -> dict:
     """Check the raw snapshot; write validated tables, ``quarantine.parquet``, ``report.json``
     and ``report.md`` to ``out_dir``. Raises ValidationError on a critical failure."""
     out_dir = Path(out_dir)
+    expectations = expectations or cfg.validate_.expectations_file or EXPECTATIONS
     specs = yaml.safe_load(Path(expectations).read_text())
     products = snapshot.read_table(snapshot_dir, "products").reset_index(drop=True)
     images = snapshot.read_table(snapshot_dir, "images").reset_index(drop=True)

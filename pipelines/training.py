@@ -12,22 +12,81 @@ from kfp import dsl
 
 from marketsearch.components import (build_index, clean, deploy, evaluate, ingest, train_fusion,
                                      train_image, train_text, validate)
-from marketsearch.config import Config
+from marketsearch.config import KFP_STAGE_KINDS, Config
 
 PIPELINE_NAME = "marketsearch-training"
 GPU_STAGES = ("train_image", "train_text", "train_fusion")
 
 
+def uses_gpu(cfg: Config, stage: str) -> bool:
+    """Whether a stage runs on the GPU node group (only on a cluster that asks for GPUs)."""
+    return cfg.kfp.kubernetes and cfg.kfp.use_gpu and stage in cfg.kfp.gpu_stages
+
+
 def image_for(cfg: Config, stage: str) -> str:
-    """Container image of a stage: trainer image for model stages, base image for data stages."""
+    """Container image of a stage: trainer image for model stages (its CUDA variant on the GPU
+    node group), base image for data stages."""
     k = cfg.kfp
-    name = k.trainer_image if stage in GPU_STAGES + ("build_index", "evaluate") else k.base_image
-    prefix = f"{k.image_registry.rstrip('/')}/" if k.image_registry else ""
-    return f"{prefix}{name}:{k.image_tag}"
+    name = k.trainer_image if KFP_STAGE_KINDS[stage] in ("train", "evaluate") else k.base_image
+    return k.image(name, gpu=uses_gpu(cfg, stage))
+
+
+def configure_task(cfg: Config, stage: str, task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Kubernetes settings of one task from ``cfg.kfp``: requests/limits, GPU, node selector and
+    toleration, retries, caching, secrets as env vars, pod labels. Nothing when
+    ``kfp.kubernetes`` is false (the laptop's kfp.local run stays as it is)."""
+    k = cfg.kfp
+    if not k.kubernetes:
+        return task
+    from kfp import kubernetes
+
+    res = k.resources.get(KFP_STAGE_KINDS[stage])
+    if res is not None:
+        if res.cpu_request:
+            task.set_cpu_request(res.cpu_request)
+        if res.cpu_limit:
+            task.set_cpu_limit(res.cpu_limit)
+        if res.memory_request:
+            task.set_memory_request(res.memory_request)
+        if res.memory_limit:
+            task.set_memory_limit(res.memory_limit)
+    if uses_gpu(cfg, stage):
+        task.set_accelerator_type(k.gpu_resource).set_accelerator_limit(k.gpu_count)
+        kubernetes.add_toleration(task, key=k.gpu_toleration_key, operator="Exists",
+                                  effect=k.gpu_toleration_effect)
+        selector = k.gpu_node_selector
+    else:
+        selector = k.node_selector
+    for key, value in selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    if k.retries.get(stage, 0) > 0:
+        task.set_retry(k.retries[stage], backoff_duration=k.retry_backoff,
+                       backoff_factor=k.retry_backoff_factor,
+                       backoff_max_duration=k.retry_backoff_max)
+    if stage in k.caching:
+        task.set_caching_options(enable_caching=k.caching[stage])
+    for secret, key_to_env in k.secret_refs().items():
+        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=key_to_env)
+    if k.image_pull_policy:
+        kubernetes.set_image_pull_policy(task, k.image_pull_policy)
+    for key, value in {**k.pod_labels, "marketsearch/stage": stage.replace("_", "-")}.items():
+        kubernetes.add_pod_label(task, label_key=key, label_value=value)
+    return task
+
+
+class _Stage:
+    """A stage's component that configures every task it makes (``configure_task``), so that any
+    DAG built from ``make_components`` gets the config's platform settings."""
+
+    def __init__(self, cfg: Config, stage: str, component):
+        self.cfg, self.stage, self.component = cfg, stage, component
+
+    def __call__(self, **kwargs) -> dsl.PipelineTask:
+        return configure_task(self.cfg, self.stage, self.component(**kwargs))
 
 
 def make_components(cfg: Config) -> SimpleNamespace:
-    """One KFP component per stage, each with the image the config names."""
+    """One KFP component per stage, each with the image and platform settings the config names."""
     funcs = {
         "ingest": ingest.ingest_component, "validate": validate.validate_component,
         "clean": clean.clean_component, "train_image": train_image.train_image_component,
@@ -36,9 +95,10 @@ def make_components(cfg: Config) -> SimpleNamespace:
         "build_index": build_index.build_index_component, "evaluate": evaluate.evaluate_component,
         "deploy": deploy.deploy_component,
     }
-    return SimpleNamespace(**{name: dsl.component(func, base_image=image_for(cfg, name),
-                                                  install_kfp_package=False)
-                              for name, func in funcs.items()})
+    return SimpleNamespace(**{
+        name: _Stage(cfg, name, dsl.component(func, base_image=image_for(cfg, name),
+                                              install_kfp_package=False))
+        for name, func in funcs.items()})
 
 
 def training_subgraph(c: SimpleNamespace, config_json: str, parent_run_id, raw_snapshot):

@@ -44,6 +44,9 @@ class ValidateConfig(_Section):
     required_product_columns: list[str] = [
         "id", "product_name", "category", "product_description", "price", "location"]
     required_image_columns: list[str] = ["id", "product_id"]
+    # The Great Expectations row checks; None: the suite shipped in the package
+    # (src/marketsearch/data/expectations.yaml).
+    expectations_file: str | None = None
 
 
 class SplitConfig(_Section):
@@ -206,7 +209,7 @@ class KfpResources(_Section):
 class KfpConfig(_Section):
     pipeline_root: str = "{run_dir}/kfp"
     # Container image of each component: <image_registry>/<name>:<image_tag>. On EKS the
-    # registry is the ECR prefix (terraform output image_registry) and the tag the one
+    # registry is the ECR prefix (of terraform's output ecr_repository_urls) and the tag the one
     # `make images` pushed (the git short sha); on kind, the tags `make kind-up` loaded.
     image_registry: str = "marketsearch"
     image_tag: str = "latest"
@@ -253,8 +256,9 @@ class KfpConfig(_Section):
     caching: dict[str, bool] = {"ingest": False, "validate": True, "clean": True,
                                 "train_image": True, "train_text": True, "train_fusion": True,
                                 "build_index": True, "evaluate": False, "deploy": False}
-    # Secrets reach every stage as environment variables from this Kubernetes secret (in the
-    # namespace the pipeline's pods run in): env var -> key in the secret. Never literals.
+    # Secrets reach every stage as environment variables from Kubernetes secrets (in the
+    # namespace the pipeline's pods run in), never as literals: env var -> key in the secret
+    # `secret_name`, or "<other-secret>/<key>" for a key of another secret.
     secret_name: str | None = None
     secret_env: dict[str, str] = {}
     # Labels on every stage's pod (NetworkPolicies select the pipeline's pods by them).
@@ -272,20 +276,77 @@ class KfpConfig(_Section):
         if self.use_gpu and not self.kubernetes:
             raise ValueError("kfp.use_gpu needs kfp.kubernetes: true (GPUs are requested from "
                              "Kubernetes; the local runner has none to give)")
-        if self.secret_env and not self.secret_name:
-            raise ValueError("kfp.secret_env is set but kfp.secret_name is not")
-        keys = list(self.secret_env.values())
-        if len(keys) != len(set(keys)):
+        refs = [tuple(ref.split("/", 1)) if "/" in ref else (self.secret_name, ref)
+                for ref in self.secret_env.values()]
+        if any(name is None for name, _ in refs):
+            raise ValueError("kfp.secret_env names a key without its secret and kfp.secret_name "
+                             "is not set")
+        if any(not name or not key for name, key in refs):
+            raise ValueError("kfp.secret_env: write a reference as <key> or <secret>/<key>")
+        if len(refs) != len(set(refs)):
             raise ValueError("kfp.secret_env: each secret key may feed one env var only")
         if self.kubernetes and self.image_tag == "latest":
             raise ValueError("kfp.image_tag: pin a tag for a cluster (the git sha `make images` "
                              "pushed, or the tag `make kind-up` loaded), not 'latest'")
         return self
 
+    def secret_refs(self) -> dict[str, dict[str, str]]:
+        """{secret name: {key in the secret: env var}} from ``secret_env``."""
+        out: dict[str, dict[str, str]] = {}
+        for env, ref in self.secret_env.items():
+            name, key = ref.split("/", 1) if "/" in ref else (self.secret_name, ref)
+            out.setdefault(name, {})[key] = env
+        return out
+
     def image(self, name: str, gpu: bool = False) -> str:
         """A full image reference: <image_registry>/<name>:<image_tag>[<gpu_tag_suffix>]."""
         prefix = f"{self.image_registry.rstrip('/')}/" if self.image_registry else ""
         return f"{prefix}{name}:{self.image_tag}{self.gpu_tag_suffix if gpu else ''}"
+
+
+class KServeConfig(_Section):
+    """The cluster deploy (marketsearch.kube): after the MLflow promotion, the deploy step rolls
+    the KServe InferenceService out to the new bundle. Off on a laptop; kind and EKS turn it on.
+    The object has the shape of k8s/base/inferenceservice.yaml (a test keeps them equal)."""
+    enabled: bool = False
+    namespace: str = "marketsearch"
+    name: str = "marketsearch"
+    service_account: str = "model-server"
+    # Serving image; None: the kfp section's <image_registry>/<serving_image>:<image_tag>.
+    image: str | None = None
+    # None: the kfp section's image_pull_policy, else Always.
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    # Where KServe reads the bundle from. None: the bundle artifact's own URI in the pipeline
+    # root (s3://..., or minio://... read as s3://). An s3:// prefix: the deploy step uploads the
+    # bundle to <prefix>/<version>/ and serves that (kind: KFP's pipeline root is KFP's own
+    # MinIO, which KServe has no credentials for). Credentials: the usual AWS environment.
+    model_uri_prefix: str | None = None
+    s3_endpoint_url: str | None = None
+    # A new bundle first gets this share of the requests (Serverless mode: a Knative canary),
+    # becomes the champion once Ready, or is rolled back. 0: no canary (RawDeployment mode).
+    canary_traffic_percent: int = Field(10, ge=0, le=99)
+    ready_timeout_s: float = Field(900.0, gt=0)
+    poll_interval_s: float = Field(5.0, gt=0)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(3, ge=1)
+    requests: dict[str, str] = {"cpu": "500m", "memory": "2Gi"}
+    limits: dict[str, str] = {"cpu": "2", "memory": "4Gi"}
+    # Outside a cluster: the kubeconfig context (None: the current one). In a pod the service
+    # account's in-cluster credentials are used.
+    kube_context: str | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> "KServeConfig":
+        if self.image is not None:
+            name = self.image.split("@", 1)[0].rsplit("/", 1)[-1]
+            if "@" not in self.image and (":" not in name or name.endswith(":latest")):
+                raise ValueError(f"kserve.image: pin a tag or digest, not {self.image!r}")
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("kserve.max_replicas must be >= kserve.min_replicas")
+        if self.model_uri_prefix is not None and not self.model_uri_prefix.startswith("s3://"):
+            raise ValueError(f"kserve.model_uri_prefix must be an s3:// URI, got "
+                             f"{self.model_uri_prefix!r}")
+        return self
 
 
 class Config(_Section):
@@ -302,6 +363,7 @@ class Config(_Section):
     mlflow: MlflowConfig = MlflowConfig()
     serving: ServingConfig = ServingConfig()
     kfp: KfpConfig = KfpConfig()
+    kserve: KServeConfig = KServeConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -34,3 +34,11 @@ def test_compile_writes_the_dag(tmp_path):
     assert Config.from_json(default).kfp.image_tag == "v1"
     assert default == load_config(overrides=["kfp.image_registry=123.dkr.ecr/ms",
                                              "kfp.image_tag=v1"]).to_json()
+    # the laptop's config compiles no Kubernetes settings (those are for kind/EKS): one YAML
+    # document (no platform spec), no requests/limits or GPU, no retries, KFP's default caching
+    assert len(list(yaml.safe_load_all(out.read_text()))) == 1
+    assert all("resources" not in e["container"] for e in spec["deploymentSpec"]["executors"].values())
+    every = {**tasks, **sub}
+    assert not any("retryPolicy" in t for t in every.values())
+    assert all(t["cachingOptions"] == {"enableCache": True} for t in every.values()
+               if "componentRef" in t and not t["componentRef"]["name"].startswith("comp-condition"))
