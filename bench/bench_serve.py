@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     inproc = {kind: percentiles(time_calls(lambda inst: engine.answer_instances([inst]),
                                            reqs[kind], desc=f"in-process {kind}"))
               for kind in KINDS}
-    queries = engine.parse(reqs["fused"])
+    queries = [q for inst in reqs["fused"] for q in engine.parse([inst])]
     size = engine.bundle.image_size
     model_only = percentiles(time_calls(
         lambda q: engine.bundle.predict([q.text], q.pixels[None], per_modality=True),
