@@ -2,21 +2,9 @@
 # Kubernetes Secrets envelope-encrypted with the eks KMS key, every control-plane log type in
 # CloudWatch Logs, authentication through EKS access entries.
 
-data "aws_iam_policy_document" "eks_assume" {
-  statement {
-    effect  = "Allow"
-    actions = ["sts:AssumeRole", "sts:TagSession"]
-
-    principals {
-      type        = "Service"
-      identifiers = ["eks.${local.dns_suffix}"]
-    }
-  }
-}
-
 resource "aws_iam_role" "cluster" {
   name               = "${local.name}-eks-cluster"
-  assume_role_policy = data.aws_iam_policy_document.eks_assume.json
+  assume_role_policy = data.aws_iam_policy_document.service_assume["eks"].json
 }
 
 resource "aws_iam_role_policy_attachment" "cluster" {
@@ -97,6 +85,7 @@ resource "aws_eks_addon" "ebs_csi" {
   resolve_conflicts_on_create = "OVERWRITE"
   resolve_conflicts_on_update = "OVERWRITE"
 
-  # The controller needs nodes to run on.
-  depends_on = [aws_eks_node_group.cpu]
+  # The controller needs nodes to run on: it waits for the node groups (cpu has nodes from the
+  # start; gpu may stay at zero).
+  depends_on = [aws_eks_node_group.this]
 }

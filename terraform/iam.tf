@@ -22,12 +22,21 @@ resource "aws_iam_openid_connect_provider" "eks" {
 locals {
   oidc_issuer = replace(aws_iam_openid_connect_provider.eks.url, "https://", "")
 
+  # Who may assume each role: "namespace:name" service accounts.
   irsa_service_accounts = {
     "pipeline"           = var.pipeline_service_accounts
     "model-server"       = var.model_server_service_accounts
     "mlflow"             = var.mlflow_service_accounts
     "cluster-autoscaler" = ["kube-system:cluster-autoscaler"]
     "ebs-csi"            = ["kube-system:ebs-csi-controller-sa"]
+  }
+
+  # Each role's inline policy (documents below); ebs-csi has an AWS managed policy instead.
+  irsa_policies = {
+    "pipeline"           = data.aws_iam_policy_document.pipeline.json
+    "model-server"       = data.aws_iam_policy_document.irsa_s3["model-server"].json
+    "mlflow"             = data.aws_iam_policy_document.irsa_s3["mlflow"].json
+    "cluster-autoscaler" = data.aws_iam_policy_document.cluster_autoscaler.json
   }
 
   bucket_arns         = { for key, bucket in aws_s3_bucket.this : key => bucket.arn }
@@ -69,34 +78,73 @@ resource "aws_iam_role" "irsa" {
   assume_role_policy = data.aws_iam_policy_document.irsa_trust[each.key].json
 }
 
-# --- pipeline: read/write both buckets, pull from ECR ----------------------------------------
+resource "aws_iam_role_policy" "irsa" {
+  for_each = local.irsa_policies
 
-data "aws_iam_policy_document" "pipeline" {
+  name   = each.key
+  role   = aws_iam_role.irsa[each.key].id
+  policy = each.value
+}
+
+resource "aws_iam_role_policy_attachment" "ebs_csi" {
+  role       = aws_iam_role.irsa["ebs-csi"].name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
+}
+
+# --- S3: pipeline, model server, MLflow ------------------------------------------------------
+
+# What each workload may do in which buckets. The data KMS key is usable only through S3:
+# kms:Decrypt to read, kms:GenerateDataKey as well to write.
+locals {
+  s3_object_read  = ["s3:GetObject", "s3:GetObjectVersion"]
+  s3_object_write = ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+
+  irsa_s3_access = {
+    # read/write both buckets (multipart uploads of large exports included)
+    "pipeline" = {
+      buckets        = ["data", "artifacts"]
+      bucket_actions = ["s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads"]
+      object_actions = concat(local.s3_object_read, local.s3_object_write, ["s3:ListMultipartUploadParts"])
+      kms_actions    = ["kms:Decrypt", "kms:GenerateDataKey"]
+    }
+    # read the artifacts bucket only
+    "model-server" = {
+      buckets        = ["artifacts"]
+      bucket_actions = ["s3:ListBucket", "s3:GetBucketLocation"]
+      object_actions = local.s3_object_read
+      kms_actions    = ["kms:Decrypt"]
+    }
+    # read/write the artifacts bucket (MLflow's artifact store)
+    "mlflow" = {
+      buckets        = ["artifacts"]
+      bucket_actions = ["s3:ListBucket", "s3:GetBucketLocation"]
+      object_actions = concat(local.s3_object_read, local.s3_object_write)
+      kms_actions    = ["kms:Decrypt", "kms:GenerateDataKey"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "irsa_s3" {
+  for_each = local.irsa_s3_access
+
   statement {
     sid       = "ListBuckets"
     effect    = "Allow"
-    actions   = ["s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads"]
-    resources = values(local.bucket_arns)
+    actions   = each.value.bucket_actions
+    resources = [for b in each.value.buckets : local.bucket_arns[b]]
   }
 
   statement {
-    sid    = "ReadWriteObjects"
-    effect = "Allow"
-    actions = [
-      "s3:GetObject",
-      "s3:GetObjectVersion",
-      "s3:PutObject",
-      "s3:DeleteObject",
-      "s3:AbortMultipartUpload",
-      "s3:ListMultipartUploadParts",
-    ]
-    resources = [for arn in values(local.bucket_arns) : "${arn}/*"]
+    sid       = "Objects"
+    effect    = "Allow"
+    actions   = each.value.object_actions
+    resources = [for b in each.value.buckets : "${local.bucket_arns[b]}/*"]
   }
 
   statement {
     sid       = "BucketKeyThroughS3"
     effect    = "Allow"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    actions   = each.value.kms_actions
     resources = [aws_kms_key.data.arn]
 
     condition {
@@ -105,6 +153,11 @@ data "aws_iam_policy_document" "pipeline" {
       values   = ["s3.${var.region}.${local.dns_suffix}"]
     }
   }
+}
+
+# The pipeline also pulls its images from the ECR repositories.
+data "aws_iam_policy_document" "pipeline" {
+  source_policy_documents = [data.aws_iam_policy_document.irsa_s3["pipeline"].json]
 
   statement {
     sid       = "EcrLogin"
@@ -125,93 +178,7 @@ data "aws_iam_policy_document" "pipeline" {
   }
 }
 
-resource "aws_iam_role_policy" "pipeline" {
-  name   = "pipeline"
-  role   = aws_iam_role.irsa["pipeline"].id
-  policy = data.aws_iam_policy_document.pipeline.json
-}
-
-# --- model server: read the artifacts bucket only ----------------------------------------------
-
-data "aws_iam_policy_document" "model_server" {
-  statement {
-    sid       = "ListArtifacts"
-    effect    = "Allow"
-    actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
-    resources = [local.bucket_arns["artifacts"]]
-  }
-
-  statement {
-    sid       = "ReadArtifacts"
-    effect    = "Allow"
-    actions   = ["s3:GetObject", "s3:GetObjectVersion"]
-    resources = ["${local.bucket_arns["artifacts"]}/*"]
-  }
-
-  statement {
-    sid       = "BucketKeyThroughS3"
-    effect    = "Allow"
-    actions   = ["kms:Decrypt"]
-    resources = [aws_kms_key.data.arn]
-
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = ["s3.${var.region}.${local.dns_suffix}"]
-    }
-  }
-}
-
-resource "aws_iam_role_policy" "model_server" {
-  name   = "model-server"
-  role   = aws_iam_role.irsa["model-server"].id
-  policy = data.aws_iam_policy_document.model_server.json
-}
-
-# --- MLflow tracking server: read/write the artifacts bucket ----------------------------------
-
-data "aws_iam_policy_document" "mlflow" {
-  statement {
-    sid       = "ListArtifacts"
-    effect    = "Allow"
-    actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
-    resources = [local.bucket_arns["artifacts"]]
-  }
-
-  statement {
-    sid    = "ReadWriteArtifacts"
-    effect = "Allow"
-    actions = [
-      "s3:GetObject",
-      "s3:GetObjectVersion",
-      "s3:PutObject",
-      "s3:DeleteObject",
-      "s3:AbortMultipartUpload",
-    ]
-    resources = ["${local.bucket_arns["artifacts"]}/*"]
-  }
-
-  statement {
-    sid       = "BucketKeyThroughS3"
-    effect    = "Allow"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [aws_kms_key.data.arn]
-
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = ["s3.${var.region}.${local.dns_suffix}"]
-    }
-  }
-}
-
-resource "aws_iam_role_policy" "mlflow" {
-  name   = "mlflow"
-  role   = aws_iam_role.irsa["mlflow"].id
-  policy = data.aws_iam_policy_document.mlflow.json
-}
-
-# --- cluster-autoscaler: discover every group, change only this cluster's -----------------------
+# --- cluster-autoscaler: discover every group, change only this cluster's --------------------
 
 data "aws_iam_policy_document" "cluster_autoscaler" {
   statement {
@@ -253,17 +220,4 @@ data "aws_iam_policy_document" "cluster_autoscaler" {
       values   = ["owned"]
     }
   }
-}
-
-resource "aws_iam_role_policy" "cluster_autoscaler" {
-  name   = "cluster-autoscaler"
-  role   = aws_iam_role.irsa["cluster-autoscaler"].id
-  policy = data.aws_iam_policy_document.cluster_autoscaler.json
-}
-
-# --- EBS CSI driver ---------------------------------------------------------------------------
-
-resource "aws_iam_role_policy_attachment" "ebs_csi" {
-  role       = aws_iam_role.irsa["ebs-csi"].name
-  policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
 }

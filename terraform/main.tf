@@ -4,6 +4,25 @@ data "aws_partition" "current" {}
 
 data "aws_caller_identity" "current" {}
 
+# Trust policies of the two AWS-service roles: the EKS control plane (eks.tf, service eks) and
+# the nodes (nodes.tf, service ec2).
+data "aws_iam_policy_document" "service_assume" {
+  for_each = {
+    eks = ["sts:AssumeRole", "sts:TagSession"]
+    ec2 = ["sts:AssumeRole"]
+  }
+
+  statement {
+    effect  = "Allow"
+    actions = each.value
+
+    principals {
+      type        = "Service"
+      identifiers = ["${each.key}.${local.dns_suffix}"]
+    }
+  }
+}
+
 # The AZs are named, not "whatever the region lists": the subnets must not move if AWS adds a
 # zone to the region.
 data "aws_availability_zones" "selected" {

@@ -1,3 +1,5 @@
+# --- the cluster -----------------------------------------------------------------------------
+
 output "region" {
   description = "AWS region of the stack."
   value       = var.region
@@ -23,15 +25,19 @@ output "node_pool_label" {
   value       = local.node_pool_label
 }
 
-output "ecr_repository_urls" {
-  description = "ECR repository URLs by short name (base, trainer, serving)."
-  value       = { for key, repo in aws_ecr_repository.this : key => repo.repository_url }
-}
+# --- images (make images) --------------------------------------------------------------------
 
 output "ecr_registry" {
   description = "ECR registry host (docker login target)."
   value       = "${local.account_id}.dkr.ecr.${var.region}.${local.dns_suffix}"
 }
+
+output "ecr_repository_urls" {
+  description = "ECR repository URLs by short name (base, trainer, serving)."
+  value       = { for key, repo in aws_ecr_repository.this : key => repo.repository_url }
+}
+
+# --- storage ---------------------------------------------------------------------------------
 
 output "data_bucket" {
   description = "Bucket for raw listings and photos."
@@ -47,6 +53,8 @@ output "kms_data_key_arn" {
   description = "KMS key encrypting the buckets, ECR, RDS and the logs."
   value       = aws_kms_key.data.arn
 }
+
+# --- RDS (the deploy script builds the database URLs from these) -----------------------------
 
 output "rds_endpoint" {
   description = "RDS endpoint, host:port."
@@ -78,9 +86,16 @@ output "rds_master_secret_arn" {
   value       = aws_db_instance.this.master_user_secret[0].secret_arn
 }
 
+# --- IRSA roles: all by workload, and one output per role ------------------------------------
+
 output "irsa_role_arns" {
   description = "IRSA role ARNs by workload (pipeline, model-server, mlflow, cluster-autoscaler, ebs-csi)."
   value       = { for key, role in aws_iam_role.irsa : key => role.arn }
+}
+
+output "irsa_service_accounts" {
+  description = "Service accounts (namespace:name) trusted by each IRSA role."
+  value       = local.irsa_service_accounts
 }
 
 output "pipeline_role_arn" {
@@ -93,17 +108,12 @@ output "model_server_role_arn" {
   value       = aws_iam_role.irsa["model-server"].arn
 }
 
-output "irsa_service_accounts" {
-  description = "Service accounts (namespace:name) trusted by each IRSA role."
-  value       = local.irsa_service_accounts
+output "mlflow_role_arn" {
+  description = "IRSA role of the MLflow tracking server's service account."
+  value       = aws_iam_role.irsa["mlflow"].arn
 }
 
 output "cluster_autoscaler_role_arn" {
   description = "IRSA role of kube-system:cluster-autoscaler."
   value       = aws_iam_role.irsa["cluster-autoscaler"].arn
-}
-
-output "mlflow_role_arn" {
-  description = "IRSA role of the MLflow tracking server's service account."
-  value       = aws_iam_role.irsa["mlflow"].arn
 }

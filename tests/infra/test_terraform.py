@@ -23,6 +23,7 @@ PIPELINE_SUBJECTS = {"system:serviceaccount:kubeflow:pipeline-runner",
                      "system:serviceaccount:marketsearch:pipeline-runner"}
 MODEL_SERVER_SUBJECTS = {"system:serviceaccount:marketsearch:model-server"}
 BUCKET_KEYS = ("data", "artifacts")
+IRSA_ROLES = ("pipeline", "model-server", "mlflow", "cluster-autoscaler", "ebs-csi")
 ECR_REPOSITORIES = ("base", "trainer", "serving")
 REQUIRED_OUTPUTS = {
     "cluster_name", "cluster_endpoint", "ecr_repository_urls", "data_bucket",
@@ -115,12 +116,14 @@ def test_plan_creates_the_whole_stack_with_aws_only(plan: dict):
         "aws_subnet.private[0]", "aws_subnet.private[1]",
         "aws_route_table.public", "aws_route_table.private[0]", "aws_route_table.private[1]",
         "aws_route.public_internet", "aws_route.private_nat[0]", "aws_route.private_nat[1]",
-        "aws_eks_cluster.this", "aws_eks_node_group.cpu", "aws_eks_node_group.gpu",
+        "aws_eks_cluster.this", 'aws_eks_node_group.this["cpu"]', 'aws_eks_node_group.this["gpu"]',
         "aws_iam_openid_connect_provider.eks", "aws_eks_addon.ebs_csi[0]",
         "aws_db_instance.this", "aws_kms_key.eks", "aws_kms_key.data",
         *(f'aws_s3_bucket.this["{b}"]' for b in BUCKET_KEYS),
         *(f'aws_ecr_repository.this["{r}"]' for r in ECR_REPOSITORIES),
-        *(f'aws_iam_role.irsa["{r}"]' for r in ("pipeline", "model-server")),
+        *(f'aws_iam_role.irsa["{r}"]' for r in IRSA_ROLES),
+        *(f'aws_iam_role_policy.irsa["{r}"]' for r in IRSA_ROLES if r != "ebs-csi"),
+        "aws_iam_role_policy_attachment.ebs_csi",
     }
     assert expected <= after.keys(), sorted(expected - after.keys())
     # two AZs, public and private subnets in each
@@ -136,7 +139,7 @@ def test_plan_creates_the_whole_stack_with_aws_only(plan: dict):
 
 
 def test_plan_gpu_node_group_scales_from_zero_and_is_tainted(plan: dict):
-    gpu = _after(plan)["aws_eks_node_group.gpu"]
+    gpu = _after(plan)['aws_eks_node_group.this["gpu"]']
     assert gpu["ami_type"] in {"AL2023_x86_64_NVIDIA", "AL2_x86_64_GPU"}
     assert gpu["scaling_config"][0]["min_size"] == 0
     assert gpu["scaling_config"][0]["desired_size"] == 0
@@ -144,12 +147,12 @@ def test_plan_gpu_node_group_scales_from_zero_and_is_tainted(plan: dict):
     assert gpu["taint"] == [GPU_TAINT]
     assert gpu["labels"] == GPU_LABEL
     assert all(t.startswith(("g", "p")) for t in gpu["instance_types"]), gpu["instance_types"]
-    exprs = _expressions(plan)["aws_eks_node_group.gpu"]
+    exprs = _expressions(plan)["aws_eks_node_group.this"]
     assert "aws_subnet.private" in exprs["subnet_ids"]["references"]
 
 
 def test_plan_cpu_node_group_is_untainted_and_always_on(plan: dict):
-    cpu = _after(plan)["aws_eks_node_group.cpu"]
+    cpu = _after(plan)['aws_eks_node_group.this["cpu"]']
     assert cpu["ami_type"] == "AL2023_x86_64_STANDARD"
     assert cpu["scaling_config"][0]["min_size"] >= 1
     assert not cpu.get("taint")
@@ -313,28 +316,57 @@ def test_plan_irsa_permissions_are_least_privilege(plan: dict):
     after = _after(plan)
     exprs = _expressions(plan)
 
-    def actions(doc: str) -> set[str]:
-        return {a for s in after[doc]["statement"] for a in s["actions"]}
+    def statements(*docs: str) -> list[dict]:
+        return [s for doc in docs for s in after[f"data.aws_iam_policy_document.{doc}"]["statement"]]
 
-    pipeline = actions("data.aws_iam_policy_document.pipeline")
+    def actions(*docs: str) -> set[str]:
+        return {a for s in statements(*docs) for a in s["actions"]}
+
+    # Every role's inline policy is its own document: the S3 ones from irsa_s3, the pipeline's
+    # (irsa_s3["pipeline"] + ECR) and the cluster-autoscaler's.
+    (policies,) = [r for r in plan["configuration"]["root_module"]["resources"]
+                   if r["address"] == "aws_iam_role_policy.irsa"]
+    assert "local.irsa_policies" in policies["for_each_expression"]["references"]
+    assert "aws_iam_role.irsa" in policies["expressions"]["role"]["references"]
+    assert {a for a in after if a.startswith("aws_iam_role_policy.irsa[")} == {
+        f'aws_iam_role_policy.irsa["{r}"]' for r in IRSA_ROLES if r != "ebs-csi"}
+
+    # The pipeline: both buckets, the data key through S3, pulls from ECR.
+    pipeline_docs = ('irsa_s3["pipeline"]', "pipeline")
+    pipeline = actions(*pipeline_docs)
     assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "ecr:BatchGetImage",
             "ecr:GetDownloadUrlForLayer", "ecr:GetAuthorizationToken"} <= pipeline
     assert all(a.split(":")[0] in {"s3", "ecr", "kms"} and "*" not in a for a in pipeline), pipeline
     # "*" only where the action has no resource-level permissions
-    for statement in after["data.aws_iam_policy_document.pipeline"]["statement"]:
+    for statement in statements(*pipeline_docs):
         if statement["resources"] == ["*"]:
             assert statement["actions"] == ["ecr:GetAuthorizationToken"]
-    pipeline_refs = {ref for s in exprs["data.aws_iam_policy_document.pipeline"]["statement"]
+    assert 'data.aws_iam_policy_document.irsa_s3["pipeline"]' in \
+        exprs["data.aws_iam_policy_document.pipeline"]["source_policy_documents"]["references"]
+    pipeline_refs = {ref for doc in ("irsa_s3", "pipeline")
+                     for s in exprs[f"data.aws_iam_policy_document.{doc}"]["statement"]
                      for ref in s["resources"].get("references", [])}
     assert {"local.bucket_arns", "local.ecr_repository_arns", "aws_kms_key.data"} <= pipeline_refs
+    s3_statements = [s for s in statements('irsa_s3["pipeline"]') if s["sid"] != "BucketKeyThroughS3"]
+    assert [len(s["resources"]) for s in s3_statements] == [2, 2]  # both buckets
 
-    model_server = actions("data.aws_iam_policy_document.model_server")
+    # The model server reads the artifacts bucket only (the ARNs are pinned after the apply).
+    model_server = actions('irsa_s3["model-server"]')
     assert model_server == {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket",
                             "s3:GetBucketLocation", "kms:Decrypt"}
-    for statement in exprs["data.aws_iam_policy_document.model_server"]["statement"]:
-        refs = statement["resources"]["references"]
-        assert 'local.bucket_arns["artifacts"]' in refs or refs[0] == "aws_kms_key.data.arn", refs
-        assert not any('"data"' in ref for ref in refs)
+    assert [len(s["resources"]) for s in statements('irsa_s3["model-server"]')] == [1, 1, 1]
+    # MLflow reads and writes the artifacts bucket only.
+    mlflow = actions('irsa_s3["mlflow"]')
+    assert {"s3:GetObject", "s3:PutObject", "kms:GenerateDataKey"} <= mlflow
+    assert all(a.split(":")[0] in {"s3", "kms"} and "*" not in a for a in mlflow), mlflow
+    assert [len(s["resources"]) for s in statements('irsa_s3["mlflow"]')] == [1, 1, 1]
+    # Every S3 document uses the data key only through S3.
+    for role in ("pipeline", "model-server", "mlflow"):
+        (kms,) = [s for s in statements(f'irsa_s3["{role}"]') if s["actions"][0].startswith("kms:")]
+        assert kms["condition"] == [{"test": "StringEquals", "variable": "kms:ViaService",
+                                     "values": ["s3.eu-west-2.amazonaws.com"]}]
+    kms_refs = exprs["data.aws_iam_policy_document.irsa_s3"]["statement"][2]["resources"]
+    assert kms_refs["references"][0] == "aws_kms_key.data.arn"
 
 
 def test_plan_outputs(plan: dict):
@@ -406,11 +438,11 @@ def test_apply_and_destroy_against_moto(terraform_bin: str, tmp_path):
         # Permissions: the model server reads the artifacts bucket and nothing else.
         artifacts_arn = state['aws_s3_bucket.this["artifacts"]']["arn"]
         data_arn = state['aws_s3_bucket.this["data"]']["arn"]
-        model_server = _statements(state["aws_iam_role_policy.model_server"]["policy"])
+        model_server = _statements(state['aws_iam_role_policy.irsa["model-server"]']["policy"])
         s3_resources = {r for s in model_server for r in _as_list(s["Resource"])
                         if r.startswith("arn:aws:s3")}
         assert s3_resources == {artifacts_arn, f"{artifacts_arn}/*"}
-        pipeline = _statements(state["aws_iam_role_policy.pipeline"]["policy"])
+        pipeline = _statements(state['aws_iam_role_policy.irsa["pipeline"]']["policy"])
         pipeline_resources = {r for s in pipeline for r in _as_list(s["Resource"])}
         assert {data_arn, f"{data_arn}/*", artifacts_arn, f"{artifacts_arn}/*"} <= pipeline_resources
         assert {repo["arn"] for addr, repo in state.items()
@@ -418,7 +450,7 @@ def test_apply_and_destroy_against_moto(terraform_bin: str, tmp_path):
 
         db = state["aws_db_instance.this"]
         assert db["storage_encrypted"] is True and db["publicly_accessible"] is False
-        gpu = state["aws_eks_node_group.gpu"]
+        gpu = state['aws_eks_node_group.this["gpu"]']
         assert gpu["taint"] == [GPU_TAINT] and gpu["scaling_config"][0]["min_size"] == 0
 
         # What moto now holds, seen through the AWS API.
