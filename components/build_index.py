@@ -2,7 +2,8 @@
 
 A listing's vector is the mean of the fused embeddings of its photo–text pairs (text only
 when it has no photo), L2-normalised. The output directory is the complete bundle: the model
-files from train_fusion plus ``index/`` and the listings' photo thumbnails for the search page.
+files from train_fusion plus ``index/``, the listings' photo thumbnails for the search page and
+``reference/``, the drift checks' reference (marketsearch.drift).
 """
 
 import logging
@@ -43,6 +44,7 @@ def listing_embeddings(bundle, products: pd.DataFrame, images: pd.DataFrame,
 def build_index(cfg: Config, clean_dir: str | Path, model_dir: str | Path, out_dir: str | Path) -> dict:
     from marketsearch.bundle import MODEL_FILES, THUMBNAILS_FILE, Bundle
     from marketsearch.components.clean import CleanData
+    from marketsearch.drift import write_reference
     from marketsearch.index import SearchIndex
 
     data = CleanData.load(clean_dir)
@@ -63,8 +65,12 @@ def build_index(cfg: Config, clean_dir: str | Path, model_dir: str | Path, out_d
     index.save(out_dir / "index")
     if len(data.thumbnails):
         data.thumbnails.to_parquet(out_dir / THUMBNAILS_FILE, index=False)
+    # The drift reference (training split; model statistics on the held-out split) travels in
+    # the bundle, so it is versioned and registered with the model it describes.
+    reference = write_reference(bundle, data.products, data.images, data.pixels, cfg.drift,
+                                cfg.seed)
     result = {"n_listings": len(ids), "index_type": cfg.index.type_for(len(ids)), "dim": int(vecs.shape[1]),
-              f"recall_at_{cfg.index.recall_k}": float(recall)}
+              f"recall_at_{cfg.index.recall_k}": float(recall), **reference}
     log.info("build_index: %s", result)
     return result
 

@@ -36,6 +36,9 @@ class DataConfig(_Section):
     s3_endpoint_url: str | None = None
     # Keep only this many listings (stratified sample, seeded); photos follow their listing.
     limit: int | None = None
+    # More folders laid out like local_dir whose listings join the source's (new listings
+    # arriving: `marketsearch monitor --data DIR`); data.limit does not apply to them.
+    extra_local_dirs: list[str] = []
 
 
 class ValidateConfig(_Section):
@@ -158,6 +161,54 @@ class IndexConfig(_Section):
         return "flat" if n <= self.auto_flat_max else "ivf"
 
 
+class DriftConfig(_Section):
+    """The drift checks of the recurring run (marketsearch.drift; measured false-alarm and
+    detection rates in bench/reports/drift.md). Each training run saves a reference of the
+    listings of ``reference_splits`` into its bundle (``reference/``); a new batch is
+    summarised the same way and checked against it; any check that fires means drift."""
+    # Which checks run (and count towards the Bonferroni split of alpha): category_mix, price,
+    # text_length, oov_rate, photo_embedding, text_embedding.
+    checks: list[Literal["category_mix", "price", "text_length", "oov_rate", "photo_embedding",
+                         "text_embedding"]] = [
+        "category_mix", "price", "text_length", "oov_rate", "photo_embedding", "text_embedding"]
+    # Family-wise false-alarm budget of the p-value tests (all checks but oov_rate); with
+    # bonferroni each test uses alpha / (number of p-value tests): 0.05 / 5 = 0.01.
+    alpha: float = Field(0.05, gt=0, lt=1)
+    bonferroni: bool = True
+    # A batch with fewer listings (photos) than this is refused with an error naming the
+    # shortfall: the tests say nothing useful on a handful of rows. min_photos 0: no minimum.
+    min_listings: int = Field(50, ge=2)
+    min_photos: int = Field(50, ge=0)
+    # Seeded random samples kept in the reference (and drawn from a batch): prices and
+    # tokens-per-text values, and embedding rows (photos, listing texts).
+    sample_size: int = Field(5000, ge=10)
+    embedding_rows: int = Field(500, ge=10)
+    # category_mix: chi-square p < alpha AND total variation distance >= this (practical
+    # significance: on very large batches every tiny shift is "significant").
+    category_min_tvd: float = Field(0.05, ge=0, le=1)
+    # price: PSI over the reference's deciles above this (0.1-0.2 moderate, > 0.2 a real
+    # shift, the credit-scoring convention) AND a KS p-value < alpha (PSI alone false-alarms
+    # on small batches: its chance level is ~(bins - 1) / n); empty bins get psi_epsilon.
+    price_psi_threshold: float = Field(0.2, gt=0)
+    psi_bins: int = Field(10, ge=2)
+    psi_epsilon: float = Field(1e-4, gt=0)
+    # text_length: KS p < alpha AND D >= this (0 turns the floor off).
+    text_length_min_ks: float = Field(0.1, ge=0, le=1)
+    # oov_rate: batch OOV rate minus the reference's above this (absolute).
+    oov_max_increase: float = Field(0.05, gt=0)
+    # Embedding checks: MMD with an RBF kernel (median-heuristic bandwidth from the reference),
+    # permutation p-value over this many permutations, each side subsampled to mmd_max_rows.
+    mmd_permutations: int = Field(200, ge=20)
+    mmd_max_rows: int = Field(500, ge=10)
+    # The training run's reference: category counts, prices and text lengths of the listings
+    # the model learned from (reference_splits); OOV rate and photo/text embeddings of
+    # held-out listings (holdout_splits; empty: reference_splits), because the model fits its
+    # own training rows (measured: the text embeddings of training texts flag every unseen
+    # batch, and the training texts' OOV rate is half an unseen text's; see drift.py).
+    reference_splits: list[Literal["train", "val", "test"]] = ["train"]
+    holdout_splits: list[Literal["train", "val", "test"]] = ["val"]
+
+
 class MlflowConfig(_Section):
     tracking_uri: str = "sqlite:///{run_dir}/mlflow.db"
     tracking_uri_env: str = "MLFLOW_TRACKING_URI"
@@ -192,10 +243,10 @@ class ServingConfig(_Section):
 # The pipeline's stages (KFP task names use dashes: train-image-component) and the kind of
 # each, which picks its image and its Kubernetes requests/limits.
 KFP_STAGES = ("ingest", "validate", "clean", "train_image", "train_text", "train_fusion",
-              "build_index", "evaluate", "deploy")
+              "build_index", "evaluate", "deploy", "drift_check")
 KFP_STAGE_KINDS = {"ingest": "data", "validate": "data", "clean": "data", "deploy": "data",
                    "train_image": "train", "train_text": "train", "train_fusion": "train",
-                   "build_index": "evaluate", "evaluate": "evaluate"}
+                   "build_index": "evaluate", "evaluate": "evaluate", "drift_check": "evaluate"}
 
 
 class KfpResources(_Section):
@@ -349,6 +400,56 @@ class KServeConfig(_Section):
         return self
 
 
+class MonitoringConfig(_Section):
+    """The recurring drift check on a KFP deployment (``marketsearch schedule``,
+    marketsearch.schedule): one recurring run of the monitoring pipeline
+    (pipelines/monitoring.py) in its own experiment, replaced whenever it is scheduled again."""
+    # KFP cron (robfig/cron): six fields, SECONDS first: "sec min hour day-of-month month
+    # day-of-week", or a descriptor such as "@daily" / "@every 6h". The default is 03:00:00
+    # every day, in the time zone of KFP's ScheduledWorkflow controller (UTC unless set).
+    cron: str = "0 0 3 * * *"
+    # KFP API endpoint (e.g. http://localhost:8888 behind `kubectl port-forward`, or the
+    # cluster's ml-pipeline-ui URL); the env var named by kfp_host_env wins over kfp_host.
+    kfp_host: str | None = None
+    kfp_host_env: str = "KFP_HOST"
+    # Bearer token for an authenticated endpoint, only ever from this env var (unset: none).
+    kfp_token_env: str = "KFP_TOKEN"
+    # Multi-user KFP: the profile namespace the experiment and runs live in (None: the
+    # client's own context / single-user mode).
+    namespace: str | None = None
+    experiment: str = "marketsearch-monitoring"
+    recurring_run_name: str = "marketsearch-drift-check"
+    description: str = "Daily drift check of new listings against the champion's reference."
+    # Runs of the schedule at once (KFP allows 1 to 10); catchup false: after a pause only the
+    # latest missed run starts, not one per missed day.
+    max_concurrency: int = Field(1, ge=1, le=10)
+    catchup: bool = False
+    # Kubernetes service account of the runs' pods (None: KFP's default, pipeline-runner).
+    service_account: str | None = None
+    # Root of the runs' output artifacts (None: the KFP deployment's default pipeline root).
+    pipeline_root: str | None = None
+    # Send this config as the runs' config_json parameter (false: the default compiled into
+    # the package is used).
+    pass_config: bool = True
+    # Compile/run the monitoring DAG without its training branch: drift checks only
+    # (`marketsearch monitor --dry-run`).
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _valid_cron(self) -> "MonitoringConfig":
+        cron = self.cron.strip()
+        if not cron.startswith("@") and len(cron.split()) != 6:
+            raise ValueError(
+                f"monitoring.cron {self.cron!r}: KFP's cron has 6 fields, seconds first "
+                f"('sec min hour day-of-month month day-of-week', e.g. '0 0 3 * * *' for "
+                f"03:00 daily), or a descriptor such as '@daily'")
+        return self
+
+    def host(self) -> str | None:
+        """The KFP endpoint: the env var ``kfp_host_env`` if set, else ``kfp_host``."""
+        return os.environ.get(self.kfp_host_env) or self.kfp_host
+
+
 class Config(_Section):
     run_dir: str = "runs"
     seed: int = 42
@@ -364,6 +465,8 @@ class Config(_Section):
     serving: ServingConfig = ServingConfig()
     kfp: KfpConfig = KfpConfig()
     kserve: KServeConfig = KServeConfig()
+    drift: DriftConfig = DriftConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -396,6 +499,8 @@ class Config(_Section):
         local_dir = Path(self.data.local_dir)
         if not local_dir.is_absolute():
             data["data"]["local_dir"] = str((base / local_dir).resolve())
+        data["data"]["extra_local_dirs"] = [str((base / d).resolve())
+                                            for d in self.data.extra_local_dirs]
         return Config.model_validate(data)
 
 

@@ -1,0 +1,368 @@
+"""Drift checks on real data: false-alarm rate on in-distribution batches, detection rate on
+shifted ones.
+
+    .venv/bin/python bench/bench_drift.py [--clean DIR] [--bundle DIR] [--repeats 100]
+
+Reads the clean data of the latest full run (runs/kfp/*/clean-component/clean_data) and the
+trained bundle (runs/serving/marketsearch); builds the reference exactly as build_index does
+(``drift.build_reference`` with the default ``DriftConfig``: data statistics from the training
+split, model statistics from the validation split), then summarises random batches of listings
+(with their photos) the reference never saw and runs ``drift.run_checks`` on each:
+
+* in-distribution batches, seeded: 500 (and 250) listings from the test split, which no part
+  of the reference has seen; 500 listings from val + test (the validation listings are in the
+  reference's embedding sample, so these batches are a little easier);
+* the same with a training-split-only reference (``holdout_splits: []``): why the model
+  statistics come from held-out listings;
+* shifted batches (from val + test): category mix skewed, prices x3 (and x1.3), texts three
+  times as long, a quarter of the tokens replaced by random words, photos degraded (heavy:
+  blur + darkening + noise; mild: blur only, darkening only).
+
+Writes bench/reports/drift.md and drift.json (and, with --figure PNG, the figure of one
+batch with a skewed category mix).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import platform
+import string
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from marketsearch import drift  # noqa: E402
+from marketsearch.config import DriftConfig  # noqa: E402
+
+REPORTS = ROOT / "bench" / "reports"
+SEED = 20240501
+
+
+# --------------------------------------------------------------------------- shifts
+def degrade(pixels: np.ndarray, blur: float = 0.0, dark: float = 1.0, noise: float = 0.0,
+            seed: int = 0) -> np.ndarray:
+    """Blur (Gaussian radius px), darken (multiply), add Gaussian noise (sigma in 0-255)."""
+    from PIL import Image, ImageFilter
+
+    out = pixels.astype(np.float32)
+    if blur:
+        out = np.stack([np.asarray(Image.fromarray(p).filter(ImageFilter.GaussianBlur(blur)),
+                                   dtype=np.float32) for p in pixels])
+    out = out * dark
+    if noise:
+        out = out + np.random.default_rng(seed).normal(0, noise, out.shape)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def random_words(texts: list[str], fraction: float, seed: int) -> list[str]:
+    """Replace ``fraction`` of each text's words by random lowercase strings."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list(string.ascii_lowercase))
+    out = []
+    for text in texts:
+        words = text.split()
+        for i in np.flatnonzero(rng.random(len(words)) < fraction):
+            words[i] = "".join(rng.choice(letters, rng.integers(5, 10)))
+        out.append(" ".join(words))
+    return out
+
+
+class Batches:
+    """Seeded random batches of listings (with their photos) from a pool of listing ids."""
+
+    def __init__(self, data, bundle, cfg: DriftConfig):
+        self.data, self.bundle, self.cfg = data, bundle, cfg
+
+    def take(self, products, seed: int, transform=None):
+        """-> (summary of the batch, transform applied)."""
+        images = self.data.images[self.data.images["product_id"].isin(products["id"])]
+        pixels = self.data.pixels
+        if transform is not None:
+            products, images, pixels = transform(products.copy(), images.copy(), seed)
+        return drift.current_statistics(self.bundle, products, images, pixels, self.cfg, seed)
+
+
+def sample(pool, n: int, rng) -> "object":
+    return pool.iloc[np.sort(rng.choice(len(pool), size=min(n, len(pool)), replace=False))]
+
+
+def photo_transform(**kw):
+    def apply(products, images, seed):
+        rows = images["row"].to_numpy()
+        pixels = degrade(DATA.pixels[rows], seed=seed, **kw)
+        images = images.assign(row=np.arange(len(images)))
+        return products, images, pixels
+    return apply
+
+
+def text_transform(fn):
+    def apply(products, images, seed):
+        products["text"] = fn(products["text"].tolist(), seed)
+        return products, images, DATA.pixels
+    return apply
+
+
+def price_transform(factor):
+    def apply(products, images, seed):
+        products["price"] = products["price"] * factor
+        return products, images, DATA.pixels
+    return apply
+
+
+DATA = None
+
+
+# --------------------------------------------------------------------------- running
+def run_many(batches: Batches, reference, cfg: DriftConfig, make_batch, repeats: int,
+             seed0: int) -> dict:
+    """Run the checks on ``repeats`` batches -> rates per check and overall + timings."""
+    fired = {name: 0 for name in cfg.checks}
+    overall = 0
+    p_values: dict[str, list] = {name: [] for name in cfg.checks}
+    stats: dict[str, list] = {name: [] for name in cfg.checks}
+    t_summary = t_checks = 0.0
+    for r in range(repeats):
+        seed = seed0 + r
+        start = time.perf_counter()
+        current = make_batch(seed)
+        t_summary += time.perf_counter() - start
+        result = drift.run_checks(reference, current, cfg, seed=seed)
+        t_checks += result["seconds"]
+        overall += result["drift"]
+        for name, check in result["checks"].items():
+            fired[name] += check["drift"]
+            p_values[name].append(check["p_value"])
+            stats[name].append(check["statistic"])
+    return {
+        "repeats": repeats,
+        "overall_rate": overall / repeats,
+        "per_check_rate": {k: v / repeats for k, v in fired.items()},
+        "median_p_value": {k: (float(np.median([p for p in v if p is not None]))
+                               if any(p is not None for p in v) else None)
+                           for k, v in p_values.items()},
+        "median_statistic": {k: float(np.median(v)) for k, v in stats.items()},
+        "seconds_per_batch": {"summary": t_summary / repeats, "checks": t_checks / repeats},
+        "last_result": result,
+    }
+
+
+def main() -> None:
+    global DATA
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clean", help="clean data dir (default: the latest full run's)")
+    parser.add_argument("--bundle", default=str(ROOT / "runs" / "serving" / "marketsearch"))
+    parser.add_argument("--repeats", type=int, default=100, help="in-distribution batches")
+    parser.add_argument("--shifted-repeats", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--figure", metavar="PNG",
+                        help="also draw the checks of one skewed-category batch to PNG")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="re-render drift.md from drift.json, run nothing")
+    args = parser.parse_args()
+    if args.markdown_only:
+        report = json.loads((REPORTS / "drift.json").read_text())
+        (REPORTS / "drift.md").write_text(markdown(report))
+        return
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from marketsearch.bundle import Bundle
+    from marketsearch.components.clean import CleanData
+
+    clean = args.clean or sorted(glob.glob(str(
+        ROOT / "runs" / "kfp" / "marketsearch-training-*" / "clean-component" / "clean_data")))[-1]
+    DATA = data = CleanData.load(clean)
+    bundle = Bundle(args.bundle)
+    cfg = DriftConfig()
+    products = data.products
+    test = products[products["split"] == "test"]
+    heldout = products[products["split"].isin(["val", "test"])]
+    start = time.perf_counter()
+    reference = drift.build_reference(bundle, products, data.images, data.pixels, cfg, SEED)
+    t_ref_cold = time.perf_counter() - start
+    start = time.perf_counter()
+    reference = drift.build_reference(bundle, products, data.images, data.pixels, cfg, SEED)
+    t_ref = time.perf_counter() - start
+    train_only_cfg = cfg.model_copy(update={"holdout_splits": []})
+    train_only = drift.build_reference(bundle, products, data.images, data.pixels,
+                                       train_only_cfg, SEED)
+    batches = Batches(data, bundle, cfg)
+    b = args.batch
+    t0 = time.perf_counter()
+
+    def from_pool(pool, n, transform=None):
+        return lambda seed: batches.take(sample(pool, n, np.random.default_rng(seed)), seed,
+                                         transform)
+
+    in_dist = {
+        f"test split, {b} listings": (reference, from_pool(test, b)),
+        f"test split, {b // 2} listings": (reference, from_pool(test, b // 2)),
+        f"val + test, {b} listings": (reference, from_pool(heldout, b)),
+        f"test split, {b} listings, training-split-only reference":
+            (train_only, from_pool(test, b)),
+    }
+    results: dict = {"in_distribution": {}, "shifted": {}}
+    for i, (name, (ref, make)) in enumerate(in_dist.items()):
+        print(f"in-distribution: {name} x {args.repeats}", flush=True)
+        results["in_distribution"][name] = run_many(batches, ref, cfg, make, args.repeats,
+                                                    SEED + 1000 * (i + 1))
+
+    cats = sorted(products["category"].unique())
+
+    def skewed(share: float, n_cats: int, n: int):
+        """``share`` of the batch from ``n_cats`` random categories, the rest at random."""
+        def make(seed):
+            rng = np.random.default_rng(seed)
+            chosen = rng.choice(cats, n_cats, replace=False)
+            inside = heldout[heldout["category"].isin(chosen)]
+            k = min(int(round(share * n)), len(inside))
+            part = sample(inside, k, rng)
+            rest = sample(heldout[~heldout["id"].isin(part["id"])], n - k, rng)
+            return batches.take(pd.concat([rest, part]), seed)
+        return make
+
+    shifted = {
+        "category mix: 2 categories make up 50% (400 listings)": skewed(0.5, 2, 400),
+        "category mix: 1 category makes up 20% (reference ~8%)": skewed(0.2, 1, b),
+        "prices x3": from_pool(heldout, b, price_transform(3.0)),
+        "prices x1.3": from_pool(heldout, b, price_transform(1.3)),
+        "texts 3x as long (repeated)": from_pool(heldout, b, text_transform(
+            lambda t, s: [" ".join([x] * 3) for x in t])),
+        "25% of words replaced by random strings": from_pool(heldout, b, text_transform(
+            lambda t, s: random_words(t, 0.25, s))),
+        "10% of words replaced by random strings": from_pool(heldout, b, text_transform(
+            lambda t, s: random_words(t, 0.10, s))),
+        "photos heavy: blur r=3, x0.5 darker, noise sd 20": from_pool(
+            heldout, b, photo_transform(blur=3.0, dark=0.5, noise=20.0)),
+        "photos mild: blur r=1": from_pool(heldout, b, photo_transform(blur=1.0)),
+        "photos mild: x0.7 darker": from_pool(heldout, b, photo_transform(dark=0.7)),
+    }
+    for i, (name, make) in enumerate(shifted.items()):
+        print(f"shifted: {name} x {args.shifted_repeats}", flush=True)
+        results["shifted"][name] = run_many(batches, reference, cfg, make,
+                                            args.shifted_repeats, SEED + 100_000 + 1000 * i)
+    total = time.perf_counter() - t0
+
+    if args.figure:
+        cur = shifted["category mix: 2 categories make up 50% (400 listings)"](SEED)
+        res = drift.run_checks(reference, cur, cfg, seed=SEED)
+        drift.drift_png(reference, cur, res, args.figure,
+                        "Drift: reference vs a batch with 2 categories at 50%")
+
+    for group in results.values():
+        for r in group.values():
+            r["last_result"] = {k: v for k, v in r["last_result"].items() if k != "checks"} | {
+                "checks": {n: {k: v for k, v in c.items() if k != "detail"}
+                           for n, c in r["last_result"]["checks"].items()}}
+    report = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "clean_data": str(clean), "bundle": str(args.bundle),
+        "config": cfg.model_dump(),
+        "alpha_per_test": drift.per_test_alpha(cfg),
+        "reference": {"listings": reference.n_listings, "photos": reference.n_photos,
+                      "holdout_listings": reference.meta["model_stats_listings"],
+                      "holdout_photos": reference.meta["model_stats_photos"],
+                      "oov_rate": reference.oov_rate, "train_only_oov_rate": train_only.oov_rate,
+                      "build_seconds": t_ref, "build_seconds_cold": t_ref_cold},
+        "batch_size": b, "seconds_total": total, **results,
+    }
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    (REPORTS / "drift.json").write_text(json.dumps(report, indent=1, default=float))
+    (REPORTS / "drift.md").write_text(markdown(report))
+    print((REPORTS / "drift.md").read_text())
+
+
+def _pct(v: float) -> str:
+    return f"{v:.0%}" if v in (0, 1) else f"{v:.1%}"
+
+
+def markdown(rep: dict) -> str:
+    cfg = rep["config"]
+    checks = cfg["checks"]
+    head = "| batches | n | overall | " + " | ".join(c.replace("_", " ") for c in checks) + " |"
+    sep = "|---|---|---|" + "---|" * len(checks)
+
+    def rows(group):
+        out = []
+        for name, r in group.items():
+            out.append(f"| {name} | {r['repeats']} | **{_pct(r['overall_rate'])}** | "
+                       + " | ".join(_pct(r["per_check_rate"][c]) for c in checks) + " |")
+        return out
+
+    ref = rep["reference"]
+    ind = rep["in_distribution"]
+    main_key = next(iter(ind))
+    timing = ind[main_key]["seconds_per_batch"]
+    lines = [
+        "# Drift checks: false alarms and detection on the shared listings", "",
+        f"`bench/bench_drift.py` on {rep['machine']}; clean data of the full run, the trained "
+        f"bundle `runs/serving/marketsearch`, default `DriftConfig` (family-wise alpha "
+        f"{cfg['alpha']}, Bonferroni: {rep['alpha_per_test']:.3g} per p-value test; price: PSI > "
+        f"{cfg['price_psi_threshold']} and KS p < alpha; floors: text-length KS D >= "
+        f"{cfg['text_length_min_ks']}, category TVD >= {cfg['category_min_tvd']}; OOV rise > "
+        f"{cfg['oov_max_increase']}; MMD "
+        f"{cfg['mmd_permutations']} permutations, <= {cfg['mmd_max_rows']} rows a side).", "",
+        f"Reference as build_index writes it: {ref['listings']:,} training listings "
+        f"({ref['photos']:,} photos) for categories, prices and text lengths; "
+        f"{ref['holdout_listings']:,} validation listings ({ref['holdout_photos']:,} photos) "
+        f"for the OOV rate ({ref['oov_rate']:.3f}; on the training texts it would be "
+        f"{ref['train_only_oov_rate']:.3f}) and the photo and text embedding samples. Built in "
+        f"{ref['build_seconds']:.1f} s ({ref['build_seconds_cold']:.1f} s with the first "
+        f"tracing of the embedding models). A batch of {rep['batch_size']} listings: summary "
+        f"{timing['summary']:.2f} s, all six checks {timing['checks']:.2f} s.", "",
+        "## False alarms: in-distribution batches (rate at which each check fires)", "",
+        head, sep, *rows(ind), "",
+        "Goal: overall <= 5%. The first three rows are the reference as it is built; the last "
+        "row is the same reference with every statistic from the training split "
+        "(`holdout_splits: []`): the text model has fitted its training texts, so the "
+        "embeddings of any unseen texts differ from theirs and the text-embedding check fires "
+        "on every batch, and the training texts' OOV rate is about half an unseen text's.", "",
+        "Batches are drawn without replacement from a finite pool (912 test listings; 1,519 "
+        "val + test), so consecutive batches overlap and vary less than independent batches "
+        "from the marketplace would; the 250-listing row shows the same checks with more "
+        "sampling noise.", "",
+        "## Detection: shifted batches (rate at which each check fires)", "",
+        head, sep, *rows(rep["shifted"]), "",
+        "Median p-values / statistics per scenario are in drift.json.", "",
+        "## Choices", "",
+        "- One family-wise alpha (0.05) split over the five p-value tests (category chi-square, "
+        "price KS, text-length KS, photo MMD, text MMD: 0.01 each), so that a batch from the "
+        "training distribution triggers a retrain in at most ~5% of runs; the OOV check is a "
+        "fixed threshold on a difference of rates (no p-value).",
+        "- Price: PSI > 0.2 (how big) AND KS p < alpha (more than chance). By chance alone PSI "
+        "sits near (bins - 1) x (1/n + 1/m): ~0.02 at 500 listings, but ~0.18 at the "
+        "50-listing minimum, so a PSI threshold alone would false-alarm on small batches.",
+        "- Effect-size floors on top of the p-values (category TVD >= 0.05, text-length KS "
+        "D >= 0.1, and PSI for prices): with a big batch every tiny shift is significant; the "
+        "floors sit at about the tests' own critical values for 500 listings, so they cost "
+        "little power here and keep a week of 50,000 listings from retraining over a 1-point "
+        "shift.",
+        "- Model-dependent statistics (OOV rate, photo and text embeddings) from the validation "
+        "split, the data statistics from the training split (see the last in-distribution "
+        "row).",
+        "- One photo per listing in the embedding samples: a listing's photos resemble each "
+        "other and the MMD permutation test assumes exchangeable rows. With every photo of a "
+        "listing in the sample, the photo check fired on 1% (500 listings) and 4% (250) of "
+        "the in-distribution batches and its median p-value was 0.17 instead of ~0.5.",
+        "- Measured rates sit under the 5% budget: Bonferroni is conservative, KS on tied "
+        "values (prices, token counts) is conservative, the split is stratified by category, "
+        "and batches from a finite pool vary less than independent ones would.",
+        "- Prices x1.3: KS p ~0 but PSI ~0.08 (< 0.2), so not flagged by design; price is no "
+        "model input. Lower `drift.price_psi_threshold` (e.g. 0.05) to retrain on such a "
+        "shift.", "",
+        f"Total bench time {rep['seconds_total']:.0f} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

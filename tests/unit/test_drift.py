@@ -1,0 +1,310 @@
+"""Drift checks (marketsearch.drift): each check fires on a clearly shifted batch and stays
+quiet on one from the same distribution; the reference round-trips through its files; too
+small a batch is refused by name.
+
+The statistical checks run on synthetic summaries; the summary code itself runs on the small
+Gumtree fixture, cleaned by the pipeline's own ``clean_frames``, with a tiny bundle whose
+image and text models are built here (random weights, the same "embedding" layers and input
+contract as the trained ones) so that no test trains a model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from marketsearch import drift, plots
+from marketsearch.config import DriftConfig, load_config
+
+SIZE, MAX_LEN = 32, 24
+SMALL = DriftConfig(min_listings=20, min_photos=20)
+
+
+# --------------------------------------------------------------------------- synthetic
+def summary(categories: dict[str, int], prices, lengths, oov=0.05, photo=None, text=None,
+            n_photos=None) -> drift.Reference:
+    n = sum(categories.values())
+    photo = np.zeros((0, 0), np.float32) if photo is None else np.asarray(photo, np.float32)
+    text = np.zeros((0, 0), np.float32) if text is None else np.asarray(text, np.float32)
+    return drift.Reference(n_listings=n, n_photos=len(photo) if n_photos is None else n_photos,
+                           category_counts=categories, price_sample=np.asarray(prices, float),
+                           text_lengths=np.asarray(lengths, np.int64), oov_rate=oov,
+                           photo_embeddings=photo, text_embeddings=text)
+
+
+CATS = {"Appliances": 0.3, "Home & Garden": 0.25, "Phones": 0.2, "Sports": 0.15, "Toys": 0.1}
+
+
+def draw(rng, n, proportions=CATS, price_scale=1.0, length_scale=1.0, oov=0.05,
+         shift=0.0, dim=16):
+    names = list(proportions)
+    cats = rng.choice(names, size=n, p=np.array(list(proportions.values())))
+    counts = {k: int((cats == k).sum()) for k in names if (cats == k).any()}
+    prices = np.round(rng.lognormal(3.5, 1.3, n) * price_scale, 2)
+    lengths = np.maximum(1, rng.poisson(40 * length_scale, n))
+    photo = rng.normal(0, 1, (min(n, 300), dim)) + shift
+    text = rng.normal(0, 1, (min(n, 300), dim))
+    return summary(counts, prices, lengths, oov, photo, text)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return draw(np.random.default_rng(0), 4000)
+
+
+def test_same_distribution_fires_nothing(reference):
+    for seed in (1, 2, 3):
+        result = drift.run_checks(reference, draw(np.random.default_rng(seed), 500),
+                                  DriftConfig(), seed=seed)
+        assert not result["drift"], [r["detail"] for r in result["checks"].values()]
+        assert set(result["checks"]) == set(drift.CHECKS)
+        for check in result["checks"].values():
+            assert set(check) >= {"name", "statistic", "threshold", "p_value", "drift", "detail"}
+
+
+def test_category_mix_shift(reference):
+    skewed = {"Appliances": 0.05, "Home & Garden": 0.05, "Phones": 0.05, "Sports": 0.45,
+              "Toys": 0.4}
+    result = drift.run_checks(reference, draw(np.random.default_rng(4), 500, skewed),
+                              DriftConfig())
+    check = result["checks"]["category_mix"]
+    assert result["drift"] and check["drift"] and check["p_value"] < 1e-10
+    assert check["tvd"] > 0.3
+    assert result["fired"] == ["category_mix"]
+
+
+def test_category_unseen_in_reference_is_pooled_and_named(reference):
+    batch = draw(np.random.default_rng(5), 500)
+    batch.category_counts["Vintage Cars"] = 30
+    batch.n_listings += 30
+    check = drift.category_check(reference, batch, alpha=0.01, min_tvd=0.05)
+    assert check["drift"] and check["unseen_categories"] == ["Vintage Cars"]
+    assert "Vintage Cars" in check["detail"]
+
+
+def test_price_x3(reference):
+    batch = draw(np.random.default_rng(6), 500, price_scale=3.0)
+    check = drift.run_checks(reference, batch, DriftConfig())["checks"]["price"]
+    assert check["drift"] and check["psi"] > 0.2 and check["p_value"] < 1e-6
+
+
+def test_psi():
+    rng = np.random.default_rng(7)
+    ref = rng.normal(size=5000)
+    assert drift.psi(ref, rng.normal(size=500)) < 0.1
+    assert drift.psi(ref, rng.normal(1.0, 1.0, 500)) > 0.5
+    # tied reference quantiles merge bins and an empty batch bin gets epsilon, not inf
+    assert np.isfinite(drift.psi(np.r_[np.zeros(3000), np.ones(2000)], np.full(100, 7.0)))
+
+
+def test_text_length(reference):
+    check = drift.run_checks(reference, draw(np.random.default_rng(8), 500, length_scale=2.5),
+                             DriftConfig())["checks"]["text_length"]
+    assert check["drift"] and check["statistic"] > 0.5
+
+
+def test_oov_rate(reference):
+    cfg = DriftConfig()
+    quiet = drift.run_checks(reference, draw(np.random.default_rng(9), 500, oov=0.07), cfg)
+    loud = drift.run_checks(reference, draw(np.random.default_rng(9), 500, oov=0.2), cfg)
+    assert not quiet["checks"]["oov_rate"]["drift"]
+    assert loud["checks"]["oov_rate"]["drift"] and loud["fired"] == ["oov_rate"]
+
+
+def test_mmd_permutation_test():
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(400, 32))
+    _, p_same, h = drift.mmd_test(x, rng.normal(size=(400, 32)), seed=1)
+    _, p_shift, _ = drift.mmd_test(x, rng.normal(0.3, 1.0, (400, 32)), seed=1)
+    assert p_same > 0.05 and p_shift <= 1 / 201 + 1e-12
+    assert h == pytest.approx(2 * 32, rel=0.15)  # median |a-b|^2 of N(0, I_32) rows ~ 2 * 32
+    # seeded: the same call gives the same answer
+    assert drift.mmd_test(x, x[:100] + 0.1, seed=3) == drift.mmd_test(x, x[:100] + 0.1, seed=3)
+
+
+def test_embedding_shift_fires(reference):
+    result = drift.run_checks(reference, draw(np.random.default_rng(11), 500, shift=0.5),
+                              DriftConfig())
+    assert result["fired"] == ["photo_embedding"]
+
+
+def test_bonferroni_alpha():
+    assert drift.per_test_alpha(DriftConfig()) == pytest.approx(0.01)
+    assert drift.per_test_alpha(DriftConfig(bonferroni=False)) == 0.05
+    assert drift.per_test_alpha(DriftConfig(checks=["price", "oov_rate"])) == 0.05
+
+
+def test_too_small_batch_is_refused(reference):
+    tiny = draw(np.random.default_rng(12), 30)
+    with pytest.raises(drift.DriftInputError, match=r"30 listing.*at least 50.*min_listings"):
+        drift.run_checks(reference, tiny, DriftConfig())
+    few_photos = draw(np.random.default_rng(13), 200)
+    few_photos.n_photos = 10
+    with pytest.raises(drift.DriftInputError, match=r"10 photo.*min_photos"):
+        drift.run_checks(reference, few_photos, DriftConfig())
+    # without the photo check, photos are not required
+    cfg = DriftConfig(checks=["category_mix", "price"])
+    assert not drift.run_checks(reference, few_photos, cfg)["drift"]
+
+
+def test_markdown_and_figure(reference, tmp_path):
+    batch = draw(np.random.default_rng(14), 500, price_scale=3.0)
+    result = drift.run_checks(reference, batch, DriftConfig())
+    md = drift.summary_markdown(result)
+    assert "| check | statistic | threshold | p-value | verdict |" in md
+    assert "**Drift detected**: price" in md and "| price |" in md
+    png = drift.drift_png(reference, batch, result, tmp_path / "drift.png")
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size[0] > 800
+    # the plot function alone, with an unseen category and a skipped check
+    checks = dict(result["checks"], oov_rate={**result["checks"]["oov_rate"], "detail": "skipped"})
+    plots.drift_png({"A": 5}, {"A": 3, "B": 2}, [1, 2], [3, 4], [5], [6], checks,
+                    tmp_path / "small.png")
+
+
+# --------------------------------------------------------------------------- with a bundle
+@pytest.fixture(scope="module")
+def clean(fixture_dir):
+    """The fixture's listings and photos through the pipeline's clean_frames (no gazetteer:
+    coordinates play no part here)."""
+    from marketsearch import sources
+    from marketsearch.components.clean import clean_frames
+
+    class NoGazetteer:
+        def lookup(self, _):
+            return None
+
+    raw = sources.read_local(fixture_dir)
+    cfg = load_config(overrides={"clean": {"image_size": SIZE, "thumbnail_size": 0}})
+    return clean_frames(raw.products, raw.images, cfg, gazetteer=NoGazetteer())
+
+
+@pytest.fixture(scope="module")
+def bundle(clean, tmp_path_factory):
+    """A bundle with untrained image and text models of the trained ones' shape: uint8
+    photos / int32 token ids in, a Dense "embedding" layer, a softmax "probs" head."""
+    import keras
+    from keras import layers
+
+    from marketsearch.bundle import Bundle
+    from marketsearch.text import build_vocab, tokenize
+
+    keras.utils.set_random_seed(0)
+    root = tmp_path_factory.mktemp("bundle")
+    labels = clean.labels
+    train = clean.products[clean.products["split"] == "train"]
+    words = sorted({t for text in train["text"] for t in tokenize(text)})
+    vocab = build_vocab([], words)
+
+    image_in = keras.Input((SIZE, SIZE, 3), dtype="uint8", name="image")
+    x = layers.Rescaling(1 / 255)(image_in)
+    x = layers.Conv2D(8, 3, activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(16, 3, activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dense(16, name="embedding")(x)
+    keras.Model(image_in, layers.Dense(len(labels), activation="softmax", name="probs")(x)
+                ).save(root / "image.keras")
+    text_in = keras.Input((MAX_LEN,), dtype="int32", name="tokens")
+    x = layers.Embedding(len(vocab), 8, name="token_vectors")(text_in)
+    x = layers.GlobalAveragePooling1D()(x)
+    x = layers.Dense(16, name="embedding")(x)
+    keras.Model(text_in, layers.Dense(len(labels), activation="softmax", name="probs")(x)
+                ).save(root / "text.keras")
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "meta.json").write_text(json.dumps({"labels": labels, "image_size": SIZE,
+                                                "text_input": "tokens", "max_len": MAX_LEN}))
+    return Bundle(root)
+
+
+def halves(clean):
+    """Two halves of the fixture's listings (2 per category each) with their photos."""
+    products = clean.products.sort_values("id")
+    first = products.groupby("category").head(2)
+    second = products[~products["id"].isin(first["id"])]
+    photos = clean.images
+    return [(p.drop(columns="split"), photos[photos["product_id"].isin(p["id"])])
+            for p in (first, second)]
+
+
+def test_reference_from_the_bundle_and_round_trip(bundle, clean, tmp_path):
+    out = drift.write_reference(bundle, clean.products, clean.images, clean.pixels, SMALL, seed=1)
+    ref_dir = bundle.root / drift.REFERENCE_DIR
+    assert (ref_dir / drift.STATS_FILE).exists() and (ref_dir / drift.EMBEDDINGS_FILE).exists()
+    train = clean.products[clean.products["split"] == "train"]
+    val = clean.products[clean.products["split"] == "val"]
+    assert out["reference_listings"] == len(train) == sum(
+        json.loads((ref_dir / drift.STATS_FILE).read_text())["category_counts"].values())
+    assert out["reference_holdout_listings"] == len(val)
+
+    ref = drift.Reference.load(bundle.root)  # the bundle directory or its reference/
+    assert ref.meta["reference_splits"] == ["train"] and ref.meta["holdout_splits"] == ["val"]
+    assert len(ref.text_embeddings) == len(val) and ref.text_embeddings.shape[1] == 16
+    # one photo per held-out listing that has one
+    with_photos = clean.images.loc[clean.images["product_id"].isin(val["id"]), "product_id"]
+    assert ref.photo_embeddings.shape == (with_photos.nunique(), 16)
+    ref.save(tmp_path / "copy")
+    again = drift.Reference.load(tmp_path / "copy")
+    assert again.category_counts == ref.category_counts
+    assert again.n_listings == ref.n_listings and again.oov_rate == pytest.approx(ref.oov_rate)
+    np.testing.assert_array_equal(again.price_sample, ref.price_sample)
+    np.testing.assert_array_equal(again.text_lengths, ref.text_lengths)
+    np.testing.assert_array_equal(again.photo_embeddings, ref.photo_embeddings)
+    np.testing.assert_array_equal(again.text_embeddings, ref.text_embeddings)
+    with pytest.raises(FileNotFoundError, match="no drift reference"):
+        drift.Reference.load(tmp_path / "nothing")
+
+
+def test_bundle_batches(bundle, clean):
+    """Half the fixture as the reference, the other half as batches: as it is, with degraded
+    photos, with random words in the texts."""
+    (ref_p, ref_i), (cur_p, cur_i) = halves(clean)
+    ref = drift.build_reference(bundle, ref_p, ref_i, clean.pixels, SMALL, seed=1)
+    assert ref.meta["role"] == "reference" and ref.n_listings == 26
+    cur = drift.current_statistics(bundle, cur_p, cur_i, clean.pixels, SMALL, seed=2)
+    assert cur.meta["role"] == "batch"
+    same = drift.run_checks(ref, cur, SMALL)
+    assert not same["drift"], same["fired"]
+
+    # photos blurred, darkened and noisy: the photo embeddings move
+    from PIL import ImageFilter
+
+    rows = cur_i["row"].to_numpy()
+    rng = np.random.default_rng(3)
+    bad = np.stack([np.asarray(Image.fromarray(p).filter(ImageFilter.GaussianBlur(3)))
+                    for p in clean.pixels[rows]]).astype(float) * 0.4
+    bad = np.clip(bad + rng.normal(0, 25, bad.shape), 0, 255).astype(np.uint8)
+    degraded = drift.current_statistics(bundle, cur_p, cur_i.assign(row=np.arange(len(rows))),
+                                        bad, SMALL, seed=2)
+    result = drift.run_checks(ref, degraded, SMALL)
+    assert result["checks"]["photo_embedding"]["drift"]
+    assert not result["checks"]["text_embedding"]["drift"]
+
+    # texts of random tokens: OOV rate and the text embeddings move
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    noise = [" ".join("".join(rng.choice(letters, 7)) for _ in range(30)) for _ in cur_p["text"]]
+    oov = drift.current_statistics(bundle, cur_p.assign(text=noise), cur_i, clean.pixels,
+                                   SMALL, seed=2)
+    result = drift.run_checks(ref, oov, SMALL)
+    assert result["checks"]["oov_rate"]["drift"] and oov.oov_rate == 1.0
+    assert result["checks"]["text_embedding"]["drift"]
+    assert not result["checks"]["photo_embedding"]["drift"]
+
+    with pytest.raises(drift.DriftInputError, match="min_listings"):
+        drift.run_checks(ref, cur, DriftConfig())  # 26 listings < the default 50
+
+
+def test_check_batch(bundle, clean):
+    """The monitoring pipeline's call: the bundle's saved reference against a clean batch."""
+    drift.write_reference(bundle.root, clean.products, clean.images, clean.pixels, SMALL, seed=1)
+    test = clean.products[clean.products["split"] == "test"].drop(columns="split")
+    photos = clean.images[clean.images["product_id"].isin(test["id"])]
+    cfg = SMALL.model_copy(update={"min_listings": 10, "min_photos": 10})
+    result, reference, current = drift.check_batch(bundle.root, test, photos, clean.pixels,
+                                                   cfg, seed=3)
+    assert reference.meta["role"] == "reference" and current.n_listings == len(test)
+    assert set(result["checks"]) == set(drift.CHECKS) and isinstance(result["drift"], bool)
+    json.dumps(result)  # the result is plain JSON for the KFP artifact
+    with pytest.raises(drift.DriftInputError, match=f"has {len(test)} listing"):
+        drift.check_batch(bundle, test, photos, clean.pixels, SMALL, seed=3)
