@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 from kfp import dsl
 
-from marketsearch.components import (build_index, clean, deploy, evaluate, ingest, train_fusion,
-                                     train_image, train_text, validate)
+from marketsearch.components import (build_index, clean, deploy, drift_check, evaluate, ingest,
+                                     train_fusion, train_image, train_text, validate)
 from marketsearch.config import KFP_STAGE_KINDS, Config
 
 PIPELINE_NAME = "marketsearch-training"
@@ -94,6 +94,7 @@ def make_components(cfg: Config) -> SimpleNamespace:
         "train_fusion": train_fusion.train_fusion_component,
         "build_index": build_index.build_index_component, "evaluate": evaluate.evaluate_component,
         "deploy": deploy.deploy_component,
+        "drift_check": drift_check.drift_check_component,  # the monitoring DAG's
     }
     return SimpleNamespace(**{
         name: _Stage(cfg, name, dsl.component(func, base_image=image_for(cfg, name),

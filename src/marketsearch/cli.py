@@ -154,14 +154,72 @@ def cmd_evaluate(args) -> int:
 def cmd_compile(args) -> int:
     from kfp import compiler
 
+    from marketsearch.pipelines.monitoring import build_monitoring_pipeline
     from marketsearch.pipelines.training import build_training_pipeline
 
     cfg = _config(args)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_training_pipeline(cfg), str(out))
+    build = {"training": build_training_pipeline, "monitoring": build_monitoring_pipeline}
+    compiler.Compiler().compile(build[args.pipeline](cfg), str(out))
     print(f"wrote {out}")
     return 0
+
+
+def monitor_summary(run_dir: Path) -> dict:
+    """{"drift", "checks", "retrained", "promoted", ...} from a monitoring run's outputs."""
+    drift = _read(run_dir / "drift-check-component" / "drift_report" / "drift.json") or {}
+    decision = _read(run_dir / "evaluate-component" / "evaluation" / "decision.json")
+    checks = {name: {k: c.get(k) for k in ("statistic", "threshold", "p_value", "drift")}
+              for name, c in (drift.get("checks") or {}).items()}
+    return {"drift": bool(drift.get("drift")), "checks": checks,
+            "retrained": (run_dir / "train-fusion-component").is_dir(),
+            "promoted": bool(decision and decision.get("promote")),
+            "reason": drift.get("reason"), "n_new_listings": drift.get("n_new_listings"),
+            "decision": decision and {k: decision.get(k) for k in
+                                      ("promote", "reason", "challenger_score", "champion_score",
+                                       "version")},
+            "run_dir": str(run_dir)}
+
+
+def cmd_monitor(args) -> int:
+    from kfp import local
+
+    from marketsearch import tracking
+    from marketsearch.pipelines.monitoring import PIPELINE_NAME, build_monitoring_pipeline
+
+    overrides = list(args.set) + [f"monitoring.dry_run={'true' if args.dry_run else 'false'}"]
+    if args.data:
+        overrides.append(f"data.extra_local_dirs=[{json.dumps(str(Path(args.data).resolve()))}]")
+    from marketsearch.config import load_config
+
+    cfg = load_config(args.config, overrides)
+    root = cfg.path(cfg.kfp.pipeline_root)
+    root.mkdir(parents=True, exist_ok=True)
+    tracking.setup(cfg)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               raise_on_error=True)
+    start = time.time()
+    build_monitoring_pipeline(cfg)()
+    run_dir = latest_run_dir(root, PIPELINE_NAME, since=start - 1)
+    summary = monitor_summary(run_dir) if run_dir else {}
+    summary["wall_seconds"] = round(time.time() - start, 1)
+    print(f"\n=== marketsearch monitor ===\ndrift: {summary.get('drift')} ({summary.get('reason')}); "
+          f"{summary.get('n_new_listings')} new listings; retrained: {summary.get('retrained')}; "
+          f"promoted: {summary.get('promoted')}")
+    for name, c in summary.get("checks", {}).items():
+        p = "" if c["p_value"] is None else f" p={c['p_value']:.3g}"
+        print(f"  {name:16s} {'DRIFT' if c['drift'] else 'ok   '} statistic {c['statistic']:.4g} "
+              f"threshold {c['threshold']:.4g}{p}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from marketsearch.schedule import cmd_schedule as schedule
+
+    return schedule(_config(args), args.package, args.host)
 
 
 def _serving_model_dir(cfg, model: str | None) -> Path:
@@ -242,7 +300,24 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("compile", help="compile the training pipeline to YAML for the KFP UI")
     _add_config_args(p)
     p.add_argument("--output", default="build/pipelines/training.yaml")
+    p.add_argument("--pipeline", choices=["training", "monitoring"], default="training")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("monitor", help="run the monitoring DAG locally: drift checks on new "
+                                       "listings, retraining only on drift")
+    _add_config_args(p)
+    p.add_argument("--data", help="a folder laid out like the shared data holding the new "
+                                  "listings (added to data.local_dir's)")
+    p.add_argument("--dry-run", action="store_true", help="stop after the drift checks")
+    p.add_argument("--json", action="store_true",
+                   help='print {"drift", "checks", "retrained", "promoted"} on the last line')
+    p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("schedule", help="create the KFP recurring run of the monitoring DAG")
+    _add_config_args(p)
+    p.add_argument("--package", required=True, help="the compiled monitoring pipeline YAML")
+    p.add_argument("--host", help="KFP API address (default: monitoring.kfp_host or $KFP_HOST)")
+    p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("serve", help="serve the champion bundle over HTTP (KServe V1 and V2, "
                                      "search page at /search)")

@@ -420,7 +420,16 @@ def read_source(cfg: "Config", apply_limit: bool = True) -> RawData:
         raise ValueError(f"data.source {data.source!r} is not local, postgres or s3")
     if apply_limit and data.limit is not None:
         raw = sample(raw, data.limit, cfg.seed)
+    for extra in data.extra_local_dirs:
+        raw = concat(raw, read_local(extra))
     return raw
+
+
+def concat(first: RawData, second: RawData) -> RawData:
+    """Both snapshots' rows (a listing id in both stays twice: validate quarantines the copy)."""
+    return RawData(pd.concat([first.products, second.products], ignore_index=True).fillna(""),
+                   pd.concat([first.images, second.images], ignore_index=True),
+                   source=f"{first.source} + {second.source}")
 
 
 def _root_or_blank(category: str) -> str:

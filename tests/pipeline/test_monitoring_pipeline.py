@@ -1,0 +1,132 @@
+"""The monitoring DAG through kfp.local on real listings: an in-distribution batch of new
+listings -> no drift, no training; a shifted batch (two categories, degraded photos) -> drift,
+retraining, and a promotion decided on the same test pairs."""
+import csv
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageFilter
+
+from marketsearch.cli import main
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "gumtree"
+TINY = ["clean.image_size=32", "clean.thumbnail_size=0", "image_model.epochs=2",
+        "image_model.batch_size=64", "text_model.epochs=3", "text_model.word2vec.epochs=2",
+        "text_model.max_len=48", "fusion.epochs=3", "mlflow.artifact_location=null"]
+BASE_PER_CATEGORY, BATCH_PER_CATEGORY, SHIFT_LISTINGS = 40, 20, 240
+SHIFT_CATEGORIES = ("Phones, Mobile Phones & Telecoms", "Video Games & Consoles")
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (SHARED / "products.csv").exists(),
+                                 reason=f"the shared Gumtree data is not at {SHARED}")]
+
+
+def _read(path: Path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    return rows[0], rows[1:]
+
+
+def _write_dir(dest: Path, p_header, products, i_header, photos_of, degrade: bool = False) -> Path:
+    """A folder laid out like the shared data with these listings and their photos."""
+    (dest / "images").mkdir(parents=True)
+    with open(dest / "products.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, quoting=csv.QUOTE_ALL).writerows([p_header, *products])
+    rows = [r for p in products for r in photos_of[p[0]]]
+    with open(dest / "images.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, quoting=csv.QUOTE_ALL).writerows([i_header, *rows])
+    for r in rows:
+        src, dst = SHARED / "images" / f"{r[0]}.jpg", dest / "images" / f"{r[0]}.jpg"
+        if degrade:  # a cheap phone camera in the dark: small, blurred, dim
+            img = Image.open(src).convert("RGB")
+            img = img.resize((max(8, img.width // 8), max(8, img.height // 8)))
+            img = img.filter(ImageFilter.GaussianBlur(2)).point(lambda v: v // 3)
+            img.save(dst, quality=30)
+        else:
+            dst.symlink_to(src)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory):
+    """base (the champion's data), same (new listings drawn like it), shifted (new listings of
+    two categories with degraded photos); no listing in two of them."""
+    tmp = tmp_path_factory.mktemp("monitoring_data")
+    p_header, products = _read(SHARED / "products.csv")
+    i_header, images = _read(SHARED / "images.csv")
+    photos_of = defaultdict(list)
+    for r in images:
+        photos_of[r[1]].append(r)
+    cat_col = p_header.index("category")
+    by_cat = defaultdict(list)
+    for p in products:
+        if photos_of[p[0]]:
+            by_cat[p[cat_col].split("/")[0].strip()].append(p)
+    rng = random.Random(7)
+    base, same, rest = [], [], []
+    for cat in sorted(by_cat):
+        rows = by_cat[cat][:]
+        rng.shuffle(rows)
+        base += rows[:BASE_PER_CATEGORY]
+        same += rows[BASE_PER_CATEGORY:BASE_PER_CATEGORY + BATCH_PER_CATEGORY]
+        rest += rows[BASE_PER_CATEGORY + BATCH_PER_CATEGORY:]
+    shifted = [p for p in rest if p[cat_col].split("/")[0].strip() in SHIFT_CATEGORIES]
+    shifted = shifted[:SHIFT_LISTINGS]
+    return {"base": _write_dir(tmp / "base", p_header, base, i_header, photos_of),
+            "same": _write_dir(tmp / "same", p_header, same, i_header, photos_of),
+            "shifted": _write_dir(tmp / "shifted", p_header, shifted, i_header, photos_of,
+                                  degrade=True)}
+
+
+@pytest.fixture(scope="module")
+def champion(data_dirs, tmp_path_factory):
+    """A champion trained by the training DAG on the base listings; returns the CLI args."""
+    tmp = tmp_path_factory.mktemp("monitoring_runs")
+    args = ["--set", f"run_dir={tmp / 'runs'}", "--set", f"data.local_dir={data_dirs['base']}"]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(["run", *args]) == 0
+    served = json.loads((tmp / "runs" / "serving" / "marketsearch" / "VERSION").read_text())
+    return tmp, args, served["version"]
+
+
+def _monitor(args, data_dir, capsys, *extra) -> dict:
+    capsys.readouterr()
+    assert main(["monitor", "--data", str(data_dir), "--json", *args, *extra]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_new_listings_drawn_like_the_training_data_do_not_retrain(champion, data_dirs, capsys):
+    tmp, args, version = champion
+    out = _monitor(args, data_dirs["same"], capsys)
+    assert 0.95 * 13 * BATCH_PER_CATEGORY <= out["n_new_listings"] <= 13 * BATCH_PER_CATEGORY
+    assert out["drift"] is False, out["checks"]
+    assert set(out["checks"]) >= {"category_mix", "price", "text_length", "oov_rate",
+                                  "photo_embedding", "text_embedding"}
+    assert out["retrained"] is False and out["promoted"] is False
+    served = json.loads((tmp / "runs" / "serving" / "marketsearch" / "VERSION").read_text())
+    assert served["version"] == version
+
+
+def test_a_dry_run_stops_after_the_checks(champion, data_dirs, capsys):
+    _, args, _ = champion
+    out = _monitor(args, data_dirs["shifted"], capsys, "--dry-run")
+    assert out["drift"] is True and out["retrained"] is False
+    assert out["checks"]["category_mix"]["drift"] is True
+    assert out["checks"]["photo_embedding"]["drift"] is True
+
+
+def test_a_shifted_batch_retrains_and_promotes_only_a_better_model(champion, data_dirs, capsys):
+    tmp, args, version = champion
+    out = _monitor(args, data_dirs["shifted"], capsys)
+    assert out["drift"] is True and out["retrained"] is True
+    decision = out["decision"]
+    assert decision["champion_score"] is not None and decision["challenger_score"] is not None
+    assert out["promoted"] is (decision["challenger_score"] > decision["champion_score"])
+    served = json.loads((tmp / "runs" / "serving" / "marketsearch" / "VERSION").read_text())
+    assert (served["version"] == decision["version"]) is out["promoted"]
+    if not out["promoted"]:
+        assert served["version"] == version
