@@ -38,9 +38,15 @@ def deploy(cfg: Config, bundle_dir: str | Path, decision: dict, storage_uri: str
     if not decision.get("promote"):
         raise ValueError(f"deploy called for a version that was not promoted: {decision.get('reason')}")
     version = str(decision["version"])
+    compared = decision.get("champion_version")
+    current = registry.champion(cfg)
+    if compared is not None and (current.version if current else "none") != str(compared):
+        raise ValueError(f"deploy: version {version} was compared with champion {compared}, but "
+                         f"the champion is now {current.version if current else 'none'} (another "
+                         "run promoted it meanwhile); not promoting a stale decision")
     if cfg.kserve.enabled:                 # where KServe will read it, before the alias moves
         storage_uri = _cluster_storage_uri(cfg, bundle_dir, version, storage_uri)
-    previous = registry.champion(cfg) if cfg.kserve.enabled else None
+    previous = current if cfg.kserve.enabled else None
     registry.promote(cfg, version, {"pipeline_run": decision.get("pipeline_run", ""),
                                     "data_hash": decision.get("data_hash", "")})
     if cfg.kserve.enabled:

@@ -32,7 +32,8 @@ def drift_check(cfg: Config, validated_dir: str | Path, champion_dir: str | Path
     from marketsearch import snapshot
     from marketsearch.bundle import Bundle
     from marketsearch.components.clean import clean_frames
-    from marketsearch.drift import DriftInputError, check_batch, drift_png, summary_markdown
+    from marketsearch.drift import (REFERENCE_DIR, DriftInputError, check_batch, drift_png,
+                                    summary_markdown)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -42,6 +43,9 @@ def drift_check(cfg: Config, validated_dir: str | Path, champion_dir: str | Path
     if champion_dir is None:
         result.update(drift=True, reason="no champion yet: train one", n_new_listings=len(products),
                       n_new_photos=len(images))
+    elif not (Path(champion_dir) / REFERENCE_DIR).exists():
+        result.update(drift=True, reason="the champion has no drift reference (trained before "
+                      "the drift checks): retrain to get one", n_new_listings=None)
     else:
         bundle = Bundle(champion_dir)
         known = set(json.loads((bundle.root / "index" / "ids.json").read_text()))

@@ -103,6 +103,7 @@ def evaluate_component(config_json: str, parent_run_id: str, clean_data: dsl.Inp
                                        fused["confusion_matrix"])
         Path(report.path).write_text(html_page("Evaluation", pngs, summary))
         (out / "decision.json").write_text(json.dumps(dict(decision, version=version,
+                                                           champion_version=current.version if current else "none",
                                                            pipeline_run=parent.data.tags.get("pipeline_run", ""),
                                                            data_hash=parent.data.tags.get("data.content_hash", ""))))
     tracking.end_parent(cfg, parent_run_id)

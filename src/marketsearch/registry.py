@@ -66,9 +66,13 @@ def download_bundle(cfg: Config, version: str, dst: str | Path) -> Path:
     import mlflow
 
     tracking.setup(cfg)
+    from mlflow.models import Model
+
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{cfg.mlflow.registered_model}/{version}", dst_path=str(dst))
-    return Path(local) / "artifacts" / "bundle"
+    # The pyfunc flavour records where it put the "bundle" artifact (artifacts/<dir name>).
+    flavor = Model.load(str(Path(local) / "MLmodel")).flavors["python_function"]
+    return Path(local) / flavor["artifacts"]["bundle"]["path"]
 
 
 def promote(cfg: Config, version: str, lineage: dict[str, str]) -> None:

@@ -1,0 +1,339 @@
+"""Champion/challenger: a model worse than the champion is never promoted.
+
+The bundles come from the pipeline's own stage functions on the 52-listing fixture (as
+tests/serving/conftest.py's ``trained``). Three epochs on 39 training listings cannot make a
+model that is good on held-out listings, so bundles with a known order are derived from it:
+
+* ``strong``: the trained bundle with its fused classifier ("fused_logits", blend fused-only)
+  refitted on the fused embeddings of all the fixture's pairs: it scores high on the test split;
+* ``weak``: a copy of ``strong`` whose fused logits are negated (the blend weights times -1), so
+  it predicts the class ``strong`` finds least likely: it scores near zero on the test split;
+* ``medium``: a copy of ``strong`` whose classifier columns of half the classes are rotated
+  among themselves: right on about half the test pairs.
+
+The registry tests drive the evaluate and deploy stages' KFP wrappers themselves
+(``evaluate_component``, then ``deploy_component`` only when it returns True, as the DAG's
+``promoted`` condition does) against a real MLflow tracking server.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from marketsearch.config import Config, load_config
+from tests.support import mlflow_server
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gumtree_small"
+TINY = {
+    "clean": {"image_size": 32, "thumbnail_size": 48},
+    "image_model": {"epochs": 2, "batch_size": 32},
+    "text_model": {"epochs": 3, "max_len": 48, "word2vec": {"epochs": 2}},
+    "fusion": {"epochs": 3},
+}
+DATA_HASH = "fixture-hash-0123"
+
+
+def _cfg(run_dir: Path, **sections) -> Config:
+    return load_config(overrides={"run_dir": str(run_dir), "data": {"local_dir": str(FIXTURE)},
+                                  **TINY, **sections})
+
+
+def _edit_fused_head(src: Path, dst: Path, edit) -> Path:
+    """A copy of bundle ``src`` at ``dst`` whose fused model's head went through ``edit``."""
+    import keras
+
+    import marketsearch.models  # noqa: F401  registers the custom layers
+
+    shutil.copytree(src, dst)
+    model = keras.models.load_model(dst / "fused.keras", compile=False)
+    edit(model.get_layer("fusion"))
+    model.save(dst / "fused.keras")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """SimpleNamespace(cfg, clean, strong, medium, weak): the clean data dir and three bundle
+    dirs that score high, about half and near zero on its test split."""
+    from marketsearch.bundle import Bundle, pair_arrays
+    from marketsearch.components.build_index import build_index
+    from marketsearch.components.clean import CleanData, clean
+    from marketsearch.components.ingest import ingest
+    from marketsearch.components.train_fusion import train_fusion
+    from marketsearch.components.train_image import train_image
+    from marketsearch.components.train_text import train_text
+    from marketsearch.components.validate import validate
+    from sklearn.linear_model import LogisticRegression
+
+    tmp = tmp_path_factory.mktemp("champion")
+    cfg = _cfg(tmp / "runs")
+    ingest(cfg, tmp / "raw")
+    validate(cfg, tmp / "raw", tmp / "validated")
+    clean(cfg, tmp / "validated", tmp / "clean")
+    train_image(cfg, tmp / "clean", tmp / "image")
+    train_text(cfg, tmp / "clean", tmp / "text")
+    train_fusion(cfg, tmp / "clean", tmp / "image", tmp / "text", tmp / "fused")
+    build_index(cfg, tmp / "clean", tmp / "fused", tmp / "trained")
+
+    data = CleanData.load(tmp / "clean")
+    texts, pixels, cats, _ = pair_arrays(data.products, data.images, data.pixels)
+    trained = Bundle(tmp / "trained")
+    labels = trained.labels
+    keep = [i for i, c in enumerate(cats) if c in labels]
+    emb = trained.predict([texts[i] for i in keep], pixels[keep],
+                          per_modality=False).fused_embedding
+    y = np.array([labels.index(cats[i]) for i in keep])
+    fit = LogisticRegression(C=100.0, max_iter=5000).fit(emb, y)
+    assert fit.coef_.shape[0] == len(fit.classes_) > 2
+
+    def refit(head):
+        kernel, bias = head.get_layer("fused_logits").get_weights()
+        kernel, bias = np.zeros_like(kernel), np.full_like(bias, -30.0)
+        kernel[:, fit.classes_], bias[fit.classes_] = fit.coef_.T, fit.intercept_
+        head.get_layer("fused_logits").set_weights([kernel, bias])
+        blend = head.get_layer("blend")
+        blend.set_weights([np.eye(1, len(blend.get_weights()[0]), dtype="float32")[0]])
+
+    def scramble(head):
+        blend = head.get_layer("blend")
+        blend.set_weights([-w for w in blend.get_weights()])
+
+    def halve(head):  # the second half of the classes' columns rotated among themselves
+        kernel, bias = head.get_layer("fused_logits").get_weights()
+        moved = list(range(kernel.shape[1] // 2, kernel.shape[1]))
+        rolled = moved[1:] + moved[:1]
+        kernel[:, moved], bias[moved] = kernel[:, rolled], bias[rolled]
+        head.get_layer("fused_logits").set_weights([kernel, bias])
+
+    # Each bundle directory is named "bundle", as the pipeline's (the KFP output artifact's)
+    # is: registry.download_bundle finds a registered bundle only under that name (see
+    # test_download_bundle_finds_a_bundle_whatever_its_directory_name).
+    strong = _edit_fused_head(tmp / "trained", tmp / "strong" / "bundle", refit)
+    weak = _edit_fused_head(strong, tmp / "weak" / "bundle", scramble)
+    medium = _edit_fused_head(strong, tmp / "medium" / "bundle", halve)
+    return SimpleNamespace(cfg=cfg, clean=tmp / "clean", strong=strong, weak=weak, medium=medium)
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# --- the decision itself ------------------------------------------------------------------
+def test_evaluate_keeps_a_weaker_challenger_and_records_both_scores(bundles, tmp_path):
+    from marketsearch.components.evaluate import evaluate
+
+    b = bundles
+    summary = evaluate(b.cfg, b.clean, b.weak, tmp_path / "worse", champion_dir=b.strong)
+    decision = _read(tmp_path / "worse" / "decision.json")
+    assert summary["decision"] == decision
+    assert decision["promote"] is False and decision["metric"] == "accuracy"
+    challenger = _read(tmp_path / "worse" / "evaluation.json")["fusion"]["accuracy"]
+    champion = _read(tmp_path / "worse" / "champion_evaluation.json")["fusion"]["accuracy"]
+    assert decision["challenger_score"] == challenger
+    assert decision["champion_score"] == champion
+    assert champion >= 0.8 and challenger <= 0.2  # clearly worse, not a near-tie
+    assert f"{challenger:.4f} does not beat champion accuracy={champion:.4f}" in decision["reason"]
+    assert summary["champion"]["fusion"]["accuracy"] == round(champion, 4)
+
+
+def test_evaluate_promotes_a_better_challenger_and_never_a_tie(bundles, tmp_path):
+    from marketsearch.components.evaluate import evaluate
+
+    b = bundles
+    better = evaluate(b.cfg, b.clean, b.strong, tmp_path / "better",
+                      champion_dir=b.weak)["decision"]
+    assert better["promote"] is True
+    assert better["challenger_score"] > better["champion_score"] + 0.5
+    same = evaluate(b.cfg, b.clean, b.strong, tmp_path / "same", champion_dir=b.strong)["decision"]
+    assert same["promote"] is False
+    assert same["challenger_score"] == same["champion_score"]
+
+
+# --- through the registry: evaluate's and deploy's KFP wrappers on an MLflow server -------
+@pytest.fixture(scope="module")
+def tracking_url(tmp_path_factory):
+    patch = pytest.MonkeyPatch()
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the config's URI is the one used
+    try:
+        with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
+            yield url
+    finally:
+        patch.undo()
+
+
+def _registry_cfg(tmp_path: Path, url: str, model: str) -> Config:
+    return _cfg(tmp_path / "runs", mlflow={"tracking_uri": url, "artifact_location": None,
+                                           "registered_model": model})
+
+
+def _evaluate_stage(cfg: Config, clean: Path, bundle: Path, out: Path, run: str) -> dict:
+    """A pipeline run up to evaluate: its parent MLflow run, then the evaluate stage's wrapper."""
+    import mlflow
+    from kfp import dsl
+
+    from marketsearch import tracking
+    from marketsearch.components.evaluate import evaluate_component
+
+    parent = tracking.start_parent(cfg, run_name=run, tags={"pipeline_run": run})
+    mlflow.MlflowClient().set_tag(parent, "data.content_hash", DATA_HASH)
+    out.mkdir(parents=True)
+    model = dsl.Model(name="bundle", uri=str(bundle))
+    evaluation = dsl.Artifact(name="evaluation", uri=str(out / "evaluation"))
+    promoted = evaluate_component(
+        config_json=cfg.to_json(), parent_run_id=parent,
+        clean_data=dsl.Dataset(name="clean_data", uri=str(clean)), bundle=model,
+        evaluation=evaluation, metrics=dsl.Metrics(name="metrics", uri=str(out / "metrics")),
+        confusion=dsl.ClassificationMetrics(name="confusion", uri=str(out / "confusion")),
+        report=dsl.HTML(name="report", uri=str(out / "report.html")))
+    return {"promoted": promoted, "served": None, "parent": parent, "model": model,
+            "artifact": evaluation, "evaluation": out / "evaluation",
+            "decision": _read(out / "evaluation" / "decision.json")}
+
+
+def _deploy_stage(cfg: Config, ev: dict) -> str:
+    from marketsearch.components.deploy import deploy_component
+
+    ev["served"] = deploy_component(config_json=cfg.to_json(), parent_run_id=ev["parent"],
+                                    bundle=ev["model"], evaluation=ev["artifact"])
+    return ev["served"]
+
+
+def _pipeline_tail(cfg: Config, clean: Path, bundle: Path, out: Path, run: str) -> dict:
+    """evaluate -> [promoted] deploy, as the training DAG runs them after build_index."""
+    ev = _evaluate_stage(cfg, clean, bundle, out, run)
+    if ev["promoted"]:  # dsl.If(evaluate.Output == True, name="promoted")
+        _deploy_stage(cfg, ev)
+    return ev
+
+
+def _stage_run(client, parent: str, stage: str):
+    exp = client.get_experiment_by_name("marketsearch").experiment_id
+    [run] = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}' "
+                                                    f"and tags.stage = '{stage}'")
+    return run
+
+
+def _served_version(cfg: Config) -> str:
+    return _read(cfg.path(cfg.serving.model_dir) / "VERSION")["version"]
+
+
+def test_a_weaker_challenger_is_never_promoted(bundles, tracking_url, tmp_path):
+    import mlflow
+
+    from marketsearch import registry
+    from marketsearch.components.deploy import deploy
+
+    cfg = _registry_cfg(tmp_path, tracking_url, "marketsearch-keep")
+    first = _pipeline_tail(cfg, bundles.clean, bundles.strong, tmp_path / "run1", "keep-1")
+    assert first["promoted"] is True and first["decision"]["champion_score"] is None
+    champion_version = first["served"]
+    assert registry.champion(cfg).version == champion_version == _served_version(cfg)
+
+    second = _pipeline_tail(cfg, bundles.clean, bundles.weak, tmp_path / "run2", "keep-2")
+    decision = second["decision"]
+    assert second["promoted"] is False and second["served"] is None
+    # both scores, on the same test pairs, in decision.json and the evaluation files
+    assert decision["champion_score"] > decision["challenger_score"] + 0.5
+    assert decision["challenger_score"] == \
+        _read(second["evaluation"] / "evaluation.json")["fusion"]["accuracy"]
+    assert decision["champion_score"] == \
+        _read(second["evaluation"] / "champion_evaluation.json")["fusion"]["accuracy"]
+    # the challenger is registered (every bundle is), marked "keep", and nothing moved
+    client = mlflow.MlflowClient(tracking_url)
+    challenger = client.get_model_version("marketsearch-keep", decision["version"])
+    assert decision["version"] != champion_version
+    assert challenger.tags["decision"] == "keep"
+    assert "lineage.parent_model_version" not in challenger.tags
+    assert registry.champion(cfg).version == champion_version
+    assert _served_version(cfg) == champion_version
+    # ... and the deploy stage itself refuses a decision that did not promote
+    with pytest.raises(ValueError, match="not promoted"):
+        deploy(cfg, bundles.weak, decision)
+    assert registry.champion(cfg).version == champion_version
+    # the evaluate stage's MLflow run holds both scores and which champion it was compared with
+    run = _stage_run(client, second["parent"], "evaluate")
+    assert run.data.params["champion_version"] == champion_version
+    assert run.data.metrics["decision.promote"] == 0.0
+    metrics = run.data.metrics
+    assert metrics["decision.challenger_score"] == pytest.approx(decision["challenger_score"])
+    assert metrics["decision.champion_score"] == pytest.approx(decision["champion_score"])
+    assert metrics["test.fusion.accuracy"] == pytest.approx(decision["challenger_score"], abs=1e-4)
+
+
+def test_a_better_challenger_is_promoted_with_lineage(bundles, tracking_url, tmp_path):
+    import mlflow
+
+    from marketsearch import registry
+
+    cfg = _registry_cfg(tmp_path, tracking_url, "marketsearch-upgrade")
+    first = _pipeline_tail(cfg, bundles.clean, bundles.weak, tmp_path / "run1", "upgrade-1")
+    assert first["promoted"] is True  # no champion yet: even a weak model is promoted
+    old = first["served"]
+    client = mlflow.MlflowClient(tracking_url)
+    assert client.get_model_version("marketsearch-upgrade", old).tags[
+        "lineage.parent_model_version"] == "none"
+
+    second = _pipeline_tail(cfg, bundles.clean, bundles.strong, tmp_path / "run2", "upgrade-2")
+    decision = second["decision"]
+    assert second["promoted"] is True
+    new = second["served"]
+    assert new == decision["version"] != old
+    assert decision["challenger_score"] > decision["champion_score"] + 0.5
+    assert registry.champion(cfg).version == new == _served_version(cfg)
+    tags = client.get_model_version("marketsearch-upgrade", new).tags
+    assert tags["lineage.pipeline_run"] == "upgrade-2"
+    assert tags["lineage.data_hash"] == DATA_HASH
+    assert tags["lineage.parent_model_version"] == old
+    assert tags["pipeline_run"] == "upgrade-2" and tags["data.content_hash"] == DATA_HASH
+    assert tags["decision"] == "promote"
+    run = _stage_run(client, second["parent"], "evaluate")
+    assert run.data.params["champion_version"] == old
+    assert run.data.metrics["decision.promote"] == 1.0
+    assert run.data.metrics["decision.champion_score"] == pytest.approx(decision["champion_score"])
+    deploy_run = _stage_run(client, second["parent"], "deploy")
+    assert deploy_run.data.params["version"] == new
+
+
+def test_download_bundle_finds_a_bundle_whatever_its_directory_name(tracking_url, tmp_path):
+    import mlflow
+
+    from marketsearch import registry, tracking
+    from marketsearch.bundle import Bundle
+
+    cfg = _registry_cfg(tmp_path, tracking_url, "marketsearch-dirname")
+    src = tmp_path / "challenger-bundle"
+    src.mkdir()
+    (src / "meta.json").write_text(json.dumps({"labels": ["a", "b"], "image_size": 32}))
+    tracking.setup(cfg)
+    with mlflow.start_run():
+        version = registry.register_bundle(cfg, src, {})
+    got = registry.download_bundle(cfg, version, tmp_path / "download")
+    assert Bundle(got).labels == ["a", "b"]  # FileNotFoundError: not a model bundle
+
+
+def test_a_stale_decision_does_not_replace_a_newer_better_champion(bundles, tracking_url,
+                                                                   tmp_path):
+    """Two pipeline runs overlap: A's challenger beat the champion of the time, but B promoted
+    a better model before A's deploy ran. A's deploy must not put its worse model back."""
+    from marketsearch import registry
+
+    b = bundles
+    cfg = _registry_cfg(tmp_path, tracking_url, "marketsearch-race")
+    first = _pipeline_tail(cfg, b.clean, b.weak, tmp_path / "run0", "race-0")
+    a = _evaluate_stage(cfg, b.clean, b.medium, tmp_path / "runA", "race-A")
+    run_b = _pipeline_tail(cfg, b.clean, b.strong, tmp_path / "runB", "race-B")
+    if not (first["promoted"] and a["promoted"] and run_b["promoted"]) or \
+            not a["decision"]["challenger_score"] < run_b["decision"]["challenger_score"]:
+        pytest.fail(f"setup: {first['decision']}, {a['decision']}, {run_b['decision']}")
+    newer = registry.champion(cfg).version
+    assert newer == run_b["served"]
+    with pytest.raises(ValueError, match="stale decision"):
+        _deploy_stage(cfg, a)  # A's deploy (the "promoted" branch) runs last
+    assert registry.champion(cfg).version == newer, (
+        f"version {a['decision']['version']} (accuracy {a['decision']['challenger_score']:.3f}) "
+        f"replaced champion {newer} (accuracy {run_b['decision']['challenger_score']:.3f})")
