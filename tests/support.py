@@ -1,4 +1,5 @@
-"""Helpers shared by test packages: free ports and a real MLflow tracking server."""
+"""Helpers shared by test packages: free ports, a real MLflow tracking server, and a tiny
+bundle trained by the pipeline's own stage functions."""
 from __future__ import annotations
 
 import contextlib
@@ -19,3 +20,42 @@ def mlflow_server(workdir: Path):
            "--artifacts-destination", str(workdir / "artifacts")]
     with running(cmd, f"http://127.0.0.1:{port}/health", workdir / "server.log", 120) as srv:
         yield srv.url
+
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gumtree_small"
+# Small and fast: a bundle in ~20 s on two cores (its accuracy is not the point).
+TINY = {
+    "clean": {"image_size": 32, "thumbnail_size": 48},
+    "image_model": {"epochs": 2, "batch_size": 32},
+    "text_model": {"epochs": 3, "max_len": 48, "word2vec": {"epochs": 2}},
+    "fusion": {"epochs": 3},
+}
+
+
+def tiny_config(run_dir: Path, **sections):
+    from marketsearch.config import load_config
+
+    return load_config(overrides={"run_dir": str(run_dir), "data": {"local_dir": str(FIXTURE)},
+                                  **TINY, **sections})
+
+
+def train_tiny_bundle(tmp: Path, out_name: str = "bundle"):
+    """(config, clean data dir, bundle dir): ingest -> validate -> clean -> train image, text,
+    fusion -> build_index, the stage functions the pipeline runs, on the 52-listing fixture."""
+    from marketsearch.components.build_index import build_index
+    from marketsearch.components.clean import clean
+    from marketsearch.components.ingest import ingest
+    from marketsearch.components.train_fusion import train_fusion
+    from marketsearch.components.train_image import train_image
+    from marketsearch.components.train_text import train_text
+    from marketsearch.components.validate import validate
+
+    cfg = tiny_config(tmp / "runs")
+    ingest(cfg, tmp / "raw")
+    validate(cfg, tmp / "raw", tmp / "validated")
+    clean(cfg, tmp / "validated", tmp / "clean")
+    train_image(cfg, tmp / "clean", tmp / "image")
+    train_text(cfg, tmp / "clean", tmp / "text")
+    train_fusion(cfg, tmp / "clean", tmp / "image", tmp / "text", tmp / "fused")
+    build_index(cfg, tmp / "clean", tmp / "fused", tmp / out_name)
+    return cfg, tmp / "clean", tmp / out_name

@@ -25,22 +25,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from marketsearch.config import Config, load_config
-from tests.support import mlflow_server
+from marketsearch.config import Config
+from tests.support import mlflow_server, tiny_config, train_tiny_bundle
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gumtree_small"
-TINY = {
-    "clean": {"image_size": 32, "thumbnail_size": 48},
-    "image_model": {"epochs": 2, "batch_size": 32},
-    "text_model": {"epochs": 3, "max_len": 48, "word2vec": {"epochs": 2}},
-    "fusion": {"epochs": 3},
-}
 DATA_HASH = "fixture-hash-0123"
-
-
-def _cfg(run_dir: Path, **sections) -> Config:
-    return load_config(overrides={"run_dir": str(run_dir), "data": {"local_dir": str(FIXTURE)},
-                                  **TINY, **sections})
 
 
 def _edit_fused_head(src: Path, dst: Path, edit) -> Path:
@@ -61,24 +49,11 @@ def bundles(tmp_path_factory):
     """SimpleNamespace(cfg, clean, strong, medium, weak): the clean data dir and three bundle
     dirs that score high, about half and near zero on its test split."""
     from marketsearch.bundle import Bundle, pair_arrays
-    from marketsearch.components.build_index import build_index
-    from marketsearch.components.clean import CleanData, clean
-    from marketsearch.components.ingest import ingest
-    from marketsearch.components.train_fusion import train_fusion
-    from marketsearch.components.train_image import train_image
-    from marketsearch.components.train_text import train_text
-    from marketsearch.components.validate import validate
+    from marketsearch.components.clean import CleanData
     from sklearn.linear_model import LogisticRegression
 
     tmp = tmp_path_factory.mktemp("champion")
-    cfg = _cfg(tmp / "runs")
-    ingest(cfg, tmp / "raw")
-    validate(cfg, tmp / "raw", tmp / "validated")
-    clean(cfg, tmp / "validated", tmp / "clean")
-    train_image(cfg, tmp / "clean", tmp / "image")
-    train_text(cfg, tmp / "clean", tmp / "text")
-    train_fusion(cfg, tmp / "clean", tmp / "image", tmp / "text", tmp / "fused")
-    build_index(cfg, tmp / "clean", tmp / "fused", tmp / "trained")
+    cfg, _, _ = train_tiny_bundle(tmp, out_name="trained")
 
     data = CleanData.load(tmp / "clean")
     texts, pixels, cats, _ = pair_arrays(data.products, data.images, data.pixels)
@@ -167,7 +142,7 @@ def tracking_url(tmp_path_factory):
 
 
 def _registry_cfg(tmp_path: Path, url: str, model: str) -> Config:
-    return _cfg(tmp_path / "runs", mlflow={"tracking_uri": url, "artifact_location": None,
+    return tiny_config(tmp_path / "runs", mlflow={"tracking_uri": url, "artifact_location": None,
                                            "registered_model": model})
 
 

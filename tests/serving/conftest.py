@@ -7,41 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from marketsearch.config import load_config
 from marketsearch.serving.process import model_server
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gumtree_small"
-TINY = {
-    "clean": {"image_size": 32, "thumbnail_size": 48},
-    "image_model": {"epochs": 2, "batch_size": 32},
-    "text_model": {"epochs": 3, "max_len": 48, "word2vec": {"epochs": 2}},
-    "fusion": {"epochs": 3},
-}
-
+from tests.support import FIXTURE, train_tiny_bundle
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """(config, clean data dir, bundle dir): ingest -> validate -> clean -> train image, text,
-    fusion -> build_index, the stage functions the pipeline runs, on the 52-listing fixture."""
-    from marketsearch.components.build_index import build_index
-    from marketsearch.components.clean import clean
-    from marketsearch.components.ingest import ingest
-    from marketsearch.components.train_fusion import train_fusion
-    from marketsearch.components.train_image import train_image
-    from marketsearch.components.train_text import train_text
-    from marketsearch.components.validate import validate
-
-    tmp = tmp_path_factory.mktemp("trained")
-    cfg = load_config(overrides={"run_dir": str(tmp / "runs"), "data": {"local_dir": str(FIXTURE)},
-                                 **TINY})
-    ingest(cfg, tmp / "raw")
-    validate(cfg, tmp / "raw", tmp / "validated")
-    clean(cfg, tmp / "validated", tmp / "clean")
-    train_image(cfg, tmp / "clean", tmp / "image")
-    train_text(cfg, tmp / "clean", tmp / "text")
-    train_fusion(cfg, tmp / "clean", tmp / "image", tmp / "text", tmp / "fused")
-    build_index(cfg, tmp / "clean", tmp / "fused", tmp / "bundle")
-    return cfg, tmp / "clean", tmp / "bundle"
+    """(config, clean data dir, bundle dir) of a tiny bundle trained on the fixture."""
+    return train_tiny_bundle(tmp_path_factory.mktemp("trained"))
 
 
 @pytest.fixture(scope="session")
