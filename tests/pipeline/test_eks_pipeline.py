@@ -60,9 +60,35 @@ def eks(tmp_path_factory):
 def test_every_stage_is_compiled_deploy_under_promoted(eks):
     cfg, spec, platform, _ = eks
     tasks = tasks_by_stage(spec, platform)
-    assert set(tasks) == set(KFP_STAGES)
+    assert set(tasks) == set(KFP_STAGES) - {"drift_check"}  # drift_check: the monitoring DAG's
     assert tasks["deploy"]["condition"] == "promoted"
     assert all(t["condition"] is None for s, t in tasks.items() if s != "deploy")
+
+
+def test_the_monitoring_dag_checks_drift_on_cpu_then_trains_on_gpus(tmp_path):
+    out = tmp_path / "eks-monitoring.yaml"
+    assert main(["compile", "--pipeline", "monitoring", "--config", EKS, "--output", str(out)]) == 0
+    docs = list(yaml.safe_load_all(out.read_text()))
+    spec, platform = docs[0], docs[1]
+    assert spec["pipelineInfo"]["name"] == "marketsearch-monitoring"
+    walk_conditions: dict[str, str | None] = {}
+
+    def walk(dag_tasks: dict, condition: str | None) -> None:
+        for name, task in dag_tasks.items():
+            component = spec["components"][task["componentRef"]["name"]]
+            if "dag" in component:
+                walk(component["dag"]["tasks"], task["taskInfo"]["name"])
+            else:
+                walk_conditions[name.removesuffix("-component").replace("-", "_")] = condition
+
+    walk(spec["root"]["dag"]["tasks"], None)
+    # two validate tasks exist (before the checks, and in the training branch): names differ
+    assert walk_conditions["drift_check"] is None
+    assert walk_conditions["train_image"] == "drifted" and walk_conditions["deploy"] == "promoted"
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    drift_exec = next(v for k, v in executors.items() if "drift-check" in k)
+    assert "tolerations" not in drift_exec
+    assert {e["secretName"] for e in drift_exec["secretAsEnv"]} == {"marketsearch-secrets"}
 
 
 def test_images_come_from_the_ecr_prefix(eks):
