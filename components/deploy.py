@@ -40,7 +40,7 @@ def deploy(cfg: Config, bundle_dir: str | Path, decision: dict, storage_uri: str
     version = str(decision["version"])
     compared = decision.get("champion_version")
     current = registry.champion(cfg)
-    if compared is not None and (current.version if current else "none") != str(compared):
+    if compared is not None and str(current.version if current else "none") != str(compared):
         raise ValueError(f"deploy: version {version} was compared with champion {compared}, but "
                          f"the champion is now {current.version if current else 'none'} (another "
                          "run promoted it meanwhile); not promoting a stale decision")

@@ -22,6 +22,20 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PG_USER = "postgres"
 PG_PASSWORD = "ms-test-secret"
 
+# --- isolation -----------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _restore_mlflow_tracking_uri():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which the config reads before its
+    own value: put it back after every test, so one test's (stopped) server never leaks into
+    the next."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 # --- data ----------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:

@@ -83,14 +83,21 @@ def data_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def champion(data_dirs, tmp_path_factory):
-    """A champion trained by the training DAG on the base listings; returns the CLI args."""
+    """A champion trained by the training DAG on the base listings; returns the CLI args.
+    MLflow is the run dir's SQLite store: an MLFLOW_TRACKING_URI left by another test (MLflow's
+    set_tracking_uri exports it) would win over the config, so it is cleared here."""
+    env = pytest.MonkeyPatch()
+    env.delenv("MLFLOW_TRACKING_URI", raising=False)
     tmp = tmp_path_factory.mktemp("monitoring_runs")
     args = ["--set", f"run_dir={tmp / 'runs'}", "--set", f"data.local_dir={data_dirs['base']}"]
     for item in TINY:
         args += ["--set", item]
-    assert main(["run", *args]) == 0
-    served = json.loads((tmp / "runs" / "serving" / "marketsearch" / "VERSION").read_text())
-    return tmp, args, served["version"]
+    try:
+        assert main(["run", *args]) == 0
+        served = json.loads((tmp / "runs" / "serving" / "marketsearch" / "VERSION").read_text())
+        yield tmp, args, served["version"]
+    finally:
+        env.undo()
 
 
 def _monitor(args, data_dir, capsys, *extra) -> dict:
