@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from marketsearch.cli import main
-from marketsearch.config import load_config
 from tests.support import mlflow_server
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gumtree_small"

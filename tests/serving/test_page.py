@@ -62,7 +62,7 @@ def test_more_like_this_replaces_the_grid(page):
     page.wait_for_selector(".card")
     first_id = page.locator(".card").nth(0).get_attribute("data-product-id")
     page.locator(".card button.link").nth(0).click()
-    page.wait_for_function(f"document.getElementById('status').textContent.startsWith('More like')")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('More like')")
     ids = [c.get_attribute("data-product-id") for c in page.locator(".card").all()]
     assert ids and first_id not in ids
 
