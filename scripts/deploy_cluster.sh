@@ -25,13 +25,9 @@
 #   IMAGE_TAG              tag `make images` pushed (default: the git short sha)
 #   KUBE_CONTEXT           kubeconfig context name (default: the cluster name)
 #   *_VERSION              override a pinned version below
-set -euo pipefail
-# A relative TFVARS_FILE is relative to where this was started, not to the repository root.
-if [ -n "${TFVARS_FILE:-}" ]; then
-  [ -f "$TFVARS_FILE" ] || { echo "deploy-cluster: TFVARS_FILE=$TFVARS_FILE is not a file" >&2; exit 1; }
-  TFVARS_FILE="$(cd "$(dirname "$TFVARS_FILE")" && pwd)/$(basename "$TFVARS_FILE")"
-fi
-cd "$(dirname "$0")/.."
+SCRIPT=deploy-cluster
+# shellcheck source=scripts/cluster_common.sh
+source "$(dirname "$0")/cluster_common.sh"
 
 # --- pinned versions (the kind path, scripts/kind/up.sh, pins the same KFP, KServe, cert-manager)
 CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.16.2}"
@@ -53,17 +49,9 @@ MLFLOW_TRACKING_URI="http://mlflow.${APP_NAMESPACE}.svc.cluster.local:5000"
 NODE_POOL_LABEL="marketsearch/node-pool"
 PSQL_IMAGE="${PSQL_IMAGE:-postgres:17-alpine}"
 
-WORKDIR="$(mktemp -d)"
-trap 'rm -rf "$WORKDIR"' EXIT
-
-say() { printf '\n==> %s\n' "$*"; }
-die() { printf 'deploy-cluster: %s\n' "$*" >&2; exit 1; }
-tf() { terraform -chdir=terraform "$@"; }
-k() { kubectl --context "$KUBE_CONTEXT" "$@"; }
 out() { tf output -raw "$1"; }
 
 # --- prerequisites -----------------------------------------------------------------------------
-need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed: $2"; }
 need terraform "https://developer.hashicorp.com/terraform/install (>= 1.5)"
 need aws "https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html (v2)"
 need kubectl "https://kubernetes.io/docs/tasks/tools/ (within one minor of the cluster)"
@@ -71,8 +59,7 @@ need python3 "it builds the Kubernetes secrets from the RDS secret"
 need curl "it fetches the cluster-autoscaler manifest"
 need git "kubectl apply -k fetches KFP's manifests with it"
 need make "the eks overlay is rendered by make k8s-render-eks-live"
-aws sts get-caller-identity --query Arn --output text >/dev/null 2>&1 \
-  || die "no working AWS credentials (aws sts get-caller-identity failed): set AWS_PROFILE or log in"
+need_aws_credentials
 [ -d k8s/overlays/eks ] || die "k8s/overlays/eks is missing"
 
 # --- 1. terraform --------------------------------------------------------------------------------

@@ -17,32 +17,18 @@
 #   TFVARS_FILE            the same .tfvars file `make deploy-cluster` used, if any
 #   SKIP_FINAL_SNAPSHOT=1  delete the database without a final snapshot
 #   KUBE_CONTEXT           kubeconfig context name (default: the cluster name)
-set -euo pipefail
-if [ -n "${TFVARS_FILE:-}" ]; then
-  [ -f "$TFVARS_FILE" ] || { echo "destroy-cluster: TFVARS_FILE=$TFVARS_FILE is not a file" >&2; exit 1; }
-  TFVARS_FILE="$(cd "$(dirname "$TFVARS_FILE")" && pwd)/$(basename "$TFVARS_FILE")"
-fi
-cd "$(dirname "$0")/.."
+SCRIPT=destroy-cluster
+# shellcheck source=scripts/cluster_common.sh
+source "$(dirname "$0")/cluster_common.sh"
 
 APP_NAMESPACE="marketsearch"
 KFP_NAMESPACE="kubeflow"
 
-WORKDIR="$(mktemp -d)"
-trap 'rm -rf "$WORKDIR"' EXIT
-
-say() { printf '\n==> %s\n' "$*"; }
-warn() { printf 'destroy-cluster: warning: %s\n' "$*" >&2; }
-die() { printf 'destroy-cluster: %s\n' "$*" >&2; exit 1; }
-tf() { terraform -chdir=terraform "$@"; }
-k() { kubectl --context "$KUBE_CONTEXT" "$@"; }
-
-need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed: $2"; }
 need terraform "https://developer.hashicorp.com/terraform/install (>= 1.5)"
 need aws "https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html (v2)"
 need kubectl "https://kubernetes.io/docs/tasks/tools/"
 need python3 "it checks the teardown plan"
-aws sts get-caller-identity --query Arn --output text >/dev/null 2>&1 \
-  || die "no working AWS credentials (aws sts get-caller-identity failed): set AWS_PROFILE or log in"
+need_aws_credentials
 
 tf init -input=false >/dev/null
 if [ -z "$(tf state list 2>/dev/null)" ]; then
