@@ -29,7 +29,7 @@ def drift_check(cfg: Config, validated_dir: str | Path, champion_dir: str | Path
                 out_dir: str | Path) -> dict:
     """Write ``drift.json``, ``drift.md`` and ``drift.png`` to ``out_dir``; return the result:
     {"drift", "reason", "n_new_listings", "n_new_photos", "checks", "fired", ...}."""
-    from marketsearch import snapshot
+    from marketsearch import quarantine, snapshot
     from marketsearch.bundle import Bundle
     from marketsearch.components.clean import clean_frames
     from marketsearch.drift import (REFERENCE_DIR, DriftInputError, check_batch, drift_png,
@@ -54,6 +54,8 @@ def drift_check(cfg: Config, validated_dir: str | Path, champion_dir: str | Path
                             assign_split=False)
         result.update(n_new_listings=len(data.products), n_new_photos=len(data.images),
                       n_quarantined=len(data.quarantine))
+        # rows the cleaning refused stay with the report, each with its reason
+        snapshot.write_tables(out_dir, quarantine=quarantine.frame(data.quarantine))
         try:
             checks, reference, current = check_batch(bundle, data.products, data.images,
                                                      data.pixels, cfg.drift, cfg.seed)

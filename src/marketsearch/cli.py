@@ -188,6 +188,10 @@ def cmd_monitor(args) -> int:
     from marketsearch import tracking
     from marketsearch.pipelines.monitoring import PIPELINE_NAME, build_monitoring_pipeline
 
+    if args.data and not all((Path(args.data) / f).is_file() for f in ("products.csv", "images.csv")):
+        print(f"error: --data {args.data}: needs products.csv and images.csv (and images/), laid "
+              "out like the shared data", file=sys.stderr)
+        return 2
     overrides = list(args.set) + [f"monitoring.dry_run={'true' if args.dry_run else 'false'}"]
     if args.data:
         overrides.append(f"data.extra_local_dirs=[{json.dumps(str(Path(args.data).resolve()))}]")
@@ -244,6 +248,9 @@ def cmd_search(args) -> int:
     from marketsearch.serving.contract import RequestError
     from marketsearch.serving.engine import SearchEngine
 
+    if args.image and not Path(args.image).is_file():
+        print(f"error: --image {args.image}: no such file", file=sys.stderr)
+        return 2
     cfg = _config(args)
     engine = SearchEngine.load(_serving_model_dir(cfg, args.model), cfg.serving)
     instance = {"product_name": args.query or None, "k": args.k, "location": args.near}

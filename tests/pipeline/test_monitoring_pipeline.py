@@ -110,6 +110,13 @@ def test_new_listings_drawn_like_the_training_data_do_not_retrain(champion, data
     tmp, args, version = champion
     out = _monitor(args, data_dirs["same"], capsys)
     assert 0.95 * 13 * BATCH_PER_CATEGORY <= out["n_new_listings"] <= 13 * BATCH_PER_CATEGORY
+    # every new listing is judged or kept in the report's quarantine with its reason
+    import pandas as pd
+
+    q = pd.read_parquet(Path(out["run_dir"]) / "drift-check-component" / "drift_report"
+                        / "quarantine.parquet")
+    assert out["n_new_listings"] + int((q["table"] == "products").sum()) == 13 * BATCH_PER_CATEGORY
+    assert q["reason"].str.len().gt(0).all()
     assert out["drift"] is False, out["checks"]
     assert set(out["checks"]) >= {"category_mix", "price", "text_length", "oov_rate",
                                   "photo_embedding", "text_embedding"}
@@ -137,3 +144,8 @@ def test_a_shifted_batch_retrains_and_promotes_only_a_better_model(champion, dat
     assert (served["version"] == decision["version"]) is out["promoted"]
     if not out["promoted"]:
         assert served["version"] == version
+
+
+def test_a_data_folder_without_the_csvs_is_refused(tmp_path, capsys):
+    assert main(["monitor", "--data", str(tmp_path), "--dry-run"]) == 2
+    assert "needs products.csv and images.csv" in capsys.readouterr().err

@@ -49,3 +49,5 @@ def test_a_bad_query_exits_2_naming_the_field(bundle_dir, capsys):
     assert code == 2 and ".k: must be between 1 and" in err
     code, _, err = run(capsys, "--model", str(bundle_dir))
     assert code == 2 and "neither text" in err
+    code, _, err = run(capsys, "bike", "--image", "no/such/photo.jpg", "--model", str(bundle_dir))
+    assert code == 2 and "--image no/such/photo.jpg: no such file" in err
