@@ -204,7 +204,8 @@ def test_the_monitoring_pipeline_is_scheduled_as_is(kfp_api, tmp_path, caplog):
     """The real package: pipelines/monitoring.py compiled as `make schedule` compiles it."""
     from kfp import compiler
 
-    monitoring = pytest.importorskip("marketsearch.pipelines.monitoring")
+    from marketsearch.pipelines import monitoring
+
     url, fake = kfp_api
     cfg = _cfg(tmp_path, kfp_host=url)
     package = tmp_path / "local-monitoring.yaml"
