@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 PORT ?= 8080
 
-.PHONY: setup setup-browser run serve bench-serve test test-all compile mlflow-ui clean-runs
+.PHONY: setup setup-browser run serve bench-serve bench-drift test test-all compile mlflow-ui clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ serve:
 bench-serve:
 	$(BIN)/python -m bench.bench_serve --config $(CONFIG)
 	$(BIN)/python -m bench.bench_index
+
+# False-alarm and detection rates of the drift checks on the shared listings (needs `make run`
+# first: its clean data and bundle); writes bench/reports/drift.{md,json}.
+bench-drift:
+	$(BIN)/python -m bench.bench_drift
 
 test:
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
