@@ -144,6 +144,18 @@ def test_a_shifted_batch_retrains_and_promotes_only_a_better_model(champion, dat
     assert (served["version"] == decision["version"]) is out["promoted"]
     if not out["promoted"]:
         assert served["version"] == version
+    # the evaluation split is fixed: the base listings keep their splits in the retraining run,
+    # so the champion is not scored on listings it trained on
+    import pandas as pd
+
+    runs = [p for p in (tmp / "runs").glob("**/clean-component/clean_data/products.parquet")]
+    first = [p for p in runs if not str(p).startswith(out["run_dir"])]
+    retrain = [p for p in runs if str(p).startswith(out["run_dir"])]
+    assert len(first) == 1 and len(retrain) == 1, runs
+    before = pd.read_parquet(first[0]).set_index("id")["split"]
+    after = pd.read_parquet(retrain[0]).set_index("id")["split"]
+    assert len(after) > len(before) and before.index.isin(after.index).all()
+    assert (after.loc[before.index] == before).all()
 
 
 def test_a_data_folder_without_the_csvs_is_refused(tmp_path, capsys):
