@@ -6,6 +6,7 @@ files from train_fusion plus ``index/``, the listings' photo thumbnails for the 
 ``reference/``, the drift checks' reference (marketsearch.drift).
 """
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -42,7 +43,7 @@ def listing_embeddings(bundle, products: pd.DataFrame, images: pd.DataFrame,
 
 
 def build_index(cfg: Config, clean_dir: str | Path, model_dir: str | Path, out_dir: str | Path) -> dict:
-    from marketsearch.bundle import MODEL_FILES, THUMBNAILS_FILE, Bundle
+    from marketsearch.bundle import MODEL_FILES, SEEN_FILE, THUMBNAILS_FILE, Bundle
     from marketsearch.components.clean import CleanData
     from marketsearch.drift import write_reference
     from marketsearch.index import SearchIndex
@@ -65,6 +66,8 @@ def build_index(cfg: Config, clean_dir: str | Path, model_dir: str | Path, out_d
     index.save(out_dir / "index")
     if len(data.thumbnails):
         data.thumbnails.to_parquet(out_dir / THUMBNAILS_FILE, index=False)
+    seen = data.products.loc[data.products["split"].isin(["train", "val"]), "id"]
+    (out_dir / SEEN_FILE).write_text(json.dumps(sorted(seen.astype(str))))
     # The drift reference (training split; model statistics on the held-out split) travels in
     # the bundle, so it is versioned and registered with the model it describes.
     reference = write_reference(bundle, data.products, data.images, data.pixels, cfg.drift,

@@ -2,7 +2,9 @@
 
 The challenger is registered as a new model version whatever the outcome (MLflow keeps every
 version). The current champion, if any, is evaluated on the same test pairs, so the two
-scores are comparable; only a challenger that beats it is marked for promotion.
+scores are comparable; only a challenger that beats it is marked for promotion. Test pairs of
+listings the champion learned from (its bundle's ``seen_ids.json``) are left out of the
+comparison for both models.
 """
 
 import logging
@@ -27,11 +29,21 @@ def evaluate(cfg: Config, clean_dir: str | Path, bundle_dir: str | Path, out_dir
     data = CleanData.load(clean_dir)
     test = data.images[data.images["split"] == "test"]
     result = evaluate_pairs(Bundle(bundle_dir), data.products, test, data.pixels)
-    champion = None
+    challenger_scores, champion = result["fusion"], None
+    fair = {"n_test_pairs": len(test), "n_seen_by_champion": 0}
     if champion_dir is not None:
-        champion = evaluate_pairs(Bundle(champion_dir), data.products, test, data.pixels)
-    decision = compare(result["fusion"], champion["fusion"] if champion else None,
+        fair_test, fair = unseen_by(Bundle(champion_dir), test)
+        if len(fair_test):
+            champion = evaluate_pairs(Bundle(champion_dir), data.products, fair_test, data.pixels)
+        if len(fair_test) and fair["n_seen_by_champion"]:  # both on pairs neither learned from
+            challenger_scores = evaluate_pairs(Bundle(bundle_dir), data.products, fair_test,
+                                               data.pixels)["fusion"]
+    decision = compare(challenger_scores, champion["fusion"] if champion else None,
                        cfg.evaluate.promotion_metric, cfg.evaluate.min_improvement)
+    if champion_dir is not None and champion is None:
+        decision.update(promote=False, reason=f"all {len(test)} test pairs are listings the "
+                        "champion learned from: nothing to compare on, the champion is kept")
+    decision.update(fair)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     snapshot.write_json(out_dir, "evaluation.json", result)
@@ -46,6 +58,28 @@ def evaluate(cfg: Config, clean_dir: str | Path, bundle_dir: str | Path, out_dir
                "champion": headline(champion) if champion else None}
     log.info("evaluate: %s", summary)
     return summary
+
+
+def unseen_by(champion, test):
+    """The test pairs whose listings the champion did not learn from, and how many were left out.
+
+    The split is fixed by listing id, so normally none are; a change of seed or split fractions
+    in config, or a champion trained on other data, would otherwise let the champion be scored
+    on its own training listings and win unfairly.
+    """
+    seen = champion.seen_ids
+    if seen is None:
+        log.warning("evaluate: champion bundle has no seen_ids.json (made before they were "
+                    "recorded); it is scored on all %d test pairs", len(test))
+        return test, {"n_test_pairs": len(test), "n_seen_by_champion": 0,
+                      "champion_seen_ids": "unknown"}
+    mask = test["product_id"].astype(str).isin(seen)
+    if mask.any():
+        log.warning("evaluate: %d of %d test pairs are listings the champion learned from; both "
+                    "models are compared on the other %d", int(mask.sum()), len(test),
+                    int((~mask).sum()))
+    return test[~mask], {"n_test_pairs": int((~mask).sum()), "n_seen_by_champion": int(mask.sum()),
+                         "champion_seen_ids": "recorded"}
 
 
 def evaluate_component(config_json: str, parent_run_id: str, clean_data: dsl.Input[dsl.Dataset],
@@ -83,6 +117,8 @@ def evaluate_component(config_json: str, parent_run_id: str, clean_data: dsl.Inp
                             "decision.challenger_score": decision["challenger_score"]})
         if decision["champion_score"] is not None:
             mlflow.log_metric("decision.champion_score", decision["champion_score"])
+        mlflow.log_metrics({"decision.n_test_pairs": decision["n_test_pairs"],
+                            "decision.n_seen_by_champion": decision["n_seen_by_champion"]})
         mlflow.log_text(decision["reason"], "decision.txt")
         out = Path(evaluation.path)
         pngs = sorted(out.glob("confusion_*.png"))

@@ -7,6 +7,8 @@
     vocab.json     token -> id (word2vec text model)
     index/         FAISS index of the catalogue's fused embeddings + id map + listing metadata
     thumbnails.parquet  product_id -> JPEG of the listing's first photo (search page; optional)
+    seen_ids.json  ids of the listings the models learned from (train and val splits), so a later
+                   evaluation can keep them out of the pairs this model is scored on
 
 Training, evaluation, the index build and the server all go through ``Bundle`` so that a
 listing is preprocessed and embedded the same way everywhere.
@@ -23,6 +25,7 @@ import numpy as np
 
 META = "meta.json"
 THUMBNAILS_FILE = "thumbnails.parquet"
+SEEN_FILE = "seen_ids.json"
 MODEL_FILES = ("image.keras", "text.keras", "fused.keras", "vocab.json", META)
 
 
@@ -87,6 +90,13 @@ class Bundle:
 
         table = pd.read_parquet(path)
         return dict(zip(table["product_id"].tolist(), table["jpeg"].tolist()))
+
+    @cached_property
+    def seen_ids(self) -> frozenset[str] | None:
+        """Ids of the listings this bundle's models learned from; None for a bundle made
+        before they were recorded."""
+        path = self.root / SEEN_FILE
+        return frozenset(json.loads(path.read_text())) if path.exists() else None
 
     @property
     def has_index(self) -> bool:

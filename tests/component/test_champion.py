@@ -129,6 +129,79 @@ def test_evaluate_promotes_a_better_challenger_and_never_a_tie(bundles, tmp_path
     assert same["challenger_score"] == same["champion_score"]
 
 
+def test_a_bundle_records_the_listings_it_learned_from(bundles):
+    from marketsearch.bundle import Bundle
+    from marketsearch.components.clean import CleanData
+
+    products = CleanData.load(bundles.clean).products
+    learned = set(products.loc[products["split"] != "test", "id"])
+    assert Bundle(bundles.strong).seen_ids == learned
+    assert Bundle(bundles.strong).seen_ids.isdisjoint(products.loc[products["split"] == "test", "id"])
+
+
+def _with_seen(src: Path, dst: Path, seen: list[str] | None) -> Path:
+    """A copy of bundle ``src`` that says it learned from ``seen`` (None: a bundle made before
+    the listings were recorded)."""
+    from marketsearch.bundle import SEEN_FILE
+
+    shutil.copytree(src, dst)
+    (dst / SEEN_FILE).unlink()
+    if seen is not None:
+        (dst / SEEN_FILE).write_text(json.dumps(seen))
+    return dst
+
+
+def test_a_champion_is_not_scored_on_listings_it_learned_from(bundles, tmp_path):
+    """A champion trained under another split (another seed, say) has seen some of today's test
+    listings: both models are compared on the others only, and the count is recorded."""
+    from marketsearch.components.clean import CleanData
+    from marketsearch.components.evaluate import evaluate
+
+    b = bundles
+    data = CleanData.load(b.clean)
+    test_pairs = data.images[data.images["split"] == "test"]
+    test_ids = sorted(set(test_pairs["product_id"]))
+    seen_test = test_ids[: len(test_ids) // 2]
+    learned = sorted(set(data.products.loc[data.products["split"] != "test", "id"]))
+    champion = _with_seen(b.weak, tmp_path / "champion", learned + seen_test)
+
+    summary = evaluate(b.cfg, b.clean, b.strong, tmp_path / "eval", champion_dir=champion)
+    decision = summary["decision"]
+    n_seen = int(test_pairs["product_id"].isin(seen_test).sum())
+    assert 0 < n_seen < len(test_pairs)
+    assert decision["n_seen_by_champion"] == n_seen
+    assert decision["n_test_pairs"] == len(test_pairs) - n_seen
+    champion_eval = _read(tmp_path / "eval" / "champion_evaluation.json")
+    assert champion_eval["fusion"]["n"] == len(test_pairs) - n_seen
+    # the challenger's headline is on all test pairs, its score in the decision on the same
+    # pairs as the champion's
+    assert _read(tmp_path / "eval" / "evaluation.json")["fusion"]["n"] == len(test_pairs)
+    assert decision["champion_score"] == champion_eval["fusion"]["accuracy"]
+
+
+def test_a_champion_that_saw_every_test_listing_is_kept_with_the_reason(bundles, tmp_path):
+    from marketsearch.components.clean import CleanData
+    from marketsearch.components.evaluate import evaluate
+
+    b = bundles
+    everything = sorted(CleanData.load(b.clean).products["id"])
+    champion = _with_seen(b.weak, tmp_path / "champion", everything)
+    decision = evaluate(b.cfg, b.clean, b.strong, tmp_path / "eval", champion_dir=champion)["decision"]
+    assert decision["promote"] is False and decision["champion_score"] is None
+    assert "listings the champion learned from" in decision["reason"]
+    assert decision["n_test_pairs"] == 0 and decision["n_seen_by_champion"] > 0
+
+
+def test_a_champion_without_recorded_listings_is_scored_on_all_test_pairs(bundles, tmp_path):
+    from marketsearch.components.evaluate import evaluate
+
+    b = bundles
+    champion = _with_seen(b.strong, tmp_path / "champion", None)
+    decision = evaluate(b.cfg, b.clean, b.weak, tmp_path / "eval", champion_dir=champion)["decision"]
+    assert decision["champion_seen_ids"] == "unknown" and decision["n_seen_by_champion"] == 0
+    assert decision["promote"] is False and decision["champion_score"] > decision["challenger_score"]
+
+
 # --- through the registry: evaluate's and deploy's KFP wrappers on an MLflow server -------
 @pytest.fixture(scope="module")
 def tracking_url(tmp_path_factory):
