@@ -11,7 +11,8 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from marketsearch.config import FusionConfig, ImageModelConfig, TextModelConfig, Word2VecConfig  # noqa: E402
+from marketsearch.config import (  # noqa: E402
+    FusionConfig, ImageModelConfig, SmallCnnConfig, TextModelConfig, Word2VecConfig)
 from marketsearch.models import (  # noqa: E402
     ImageScaling, MaskedMeanPool, ModalityDropout, assemble_fused_model, build_backbone,
     build_fusion_head, build_hub_text_model, build_image_model, build_text_ensemble,
@@ -176,6 +177,25 @@ def test_image_model_shapes_embedding_and_uint8_input():
                              build_image_model(N_CLASSES, _img_cfg(augment=False), SIZE).layers]
 
 
+def test_small_cnn_architecture_comes_from_config():
+    default = build_image_model(N_CLASSES, _img_cfg(), SIZE).get_layer("backbone")
+    assert isinstance(default.get_layer("b2_1_conv"), keras.layers.SeparableConv2D)
+    assert default.get_layer("stem_bn").momentum == 0.9
+    arch = SmallCnnConfig(stem_filters=8, stages=[(12, 1), (16, 2)], separable=False,
+                          stem_pool=True, bn_momentum=0.5)
+    model = build_image_model(N_CLASSES, _img_cfg(small_cnn=arch), SIZE)
+    backbone = model.get_layer("backbone")
+    names = {layer.name for layer in backbone.layers}
+    assert {"stem_pool", "b0_0_conv", "b1_1_conv", "b0_pool"} <= names
+    assert not any(n.startswith("b2_") for n in names) and "b1_pool" not in names
+    assert type(backbone.get_layer("b0_0_conv")) is keras.layers.Conv2D
+    assert backbone.get_layer("stem_conv").filters == 8
+    assert backbone.get_layer("b1_1_conv").filters == 16
+    assert backbone.get_layer("b1_0_bn").momentum == 0.5
+    assert backbone.output.shape[-1] == 16
+    assert model.predict(_images(2)[0], verbose=0).shape == (2, N_CLASSES)
+
+
 def test_augmentation_only_while_training():
     model = build_image_model(N_CLASSES, _img_cfg(), SIZE)
     aug = model.get_layer("augment")
@@ -331,6 +351,16 @@ def test_text_model_embedding_initialised_from_word2vec():
     assert text_input_kind(model) == "tokens"
 
 
+def test_text_model_bigram_branch_comes_from_config():
+    matrix = np.random.default_rng(0).normal(size=(20, 8)).astype("float32")
+    with_bigrams = build_text_model(matrix, N_CLASSES, _txt_cfg(bigram_buckets=128, bigram_dim=4))
+    assert with_bigrams.get_layer("bigram_embedding").get_weights()[0].shape == (128, 4)
+    without = build_text_model(matrix, N_CLASSES, _txt_cfg(bigram_buckets=0))
+    assert not any("bigram" in layer.name for layer in without.layers)
+    ids = np.array([[2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]], "int32")
+    assert without.predict(ids, verbose=0).shape == (1, N_CLASSES)
+
+
 def test_hashed_bigrams_skip_padding_and_stay_in_range():
     from marketsearch.models.text import HashedBigrams
     ids = np.array([[5, 6, 7, 0, 0], [5, 6, 0, 0, 0]], "int32")
@@ -361,7 +391,7 @@ def test_masked_mean_pool_ignores_padding():
 def test_train_text_model_learns_and_round_trips(tmp_path):
     texts, y = _texts(60)
     model, vocab, hist = train_text_model(texts, y, texts[:15], y[:15], N_CLASSES,
-                                          _txt_cfg(epochs=8), seed=0, verbose=0, towers=2)
+                                          _txt_cfg(epochs=8, towers=2), seed=0, verbose=0)
     assert vocab["<pad>"] == PAD and vocab["<oov>"] == OOV and "drill" in vocab
     ids = encode(texts, vocab, 12)
     assert (model.predict(ids, verbose=0).argmax(1) == y).mean() > 0.9
@@ -538,13 +568,14 @@ def small_models():
     img_model, _ = train_image_model(x_img, y, x_img, y, N_CLASSES,
                                      _img_cfg(epochs=1, embedding_dim=12), seed=0, verbose=0)
     txt_model, vocab, _ = train_text_model(texts, y, texts, y, N_CLASSES,
-                                           _txt_cfg(epochs=1, embedding_dim=10), seed=0,
-                                           verbose=0, towers=2)
+                                           _txt_cfg(epochs=1, embedding_dim=10, towers=2),
+                                           seed=0, verbose=0)
     ids = encode(texts, vocab, 12)
     img_e = embedding_model(img_model).predict(x_img, verbose=0)
     txt_e = embedding_model(txt_model).predict(ids, verbose=0)
     head, hist = train_fusion_head(img_e, txt_e, y, img_e, txt_e, y, N_CLASSES,
-                                   FusionConfig(embedding_dim=8, epochs=2, batch_size=8),
+                                   FusionConfig(embedding_dim=8, epochs=2, batch_size=8,
+                                                blend_epochs=3),
                                    seed=0, verbose=0, image_model=img_model,
                                    text_model=txt_model)
     return img_model, txt_model, vocab, head, x_img, texts, hist
@@ -554,6 +585,7 @@ def test_train_fusion_head_fits_blend_and_keeps_classifiers_frozen(small_models)
     img_model, txt_model, _, head, _, _, hist = small_models
     assert set(hist) >= {"train", "blend", "blend_weights", "seconds"}
     assert len(hist["blend_weights"]) == 3
+    assert hist["blend"]["epochs_run"] == 3  # fusion.blend_epochs
     assert not np.allclose(hist["blend_weights"], [1.0, 0.0, 0.0])  # fitted on validation
     for name, model in (("text", txt_model), ("image", img_model)):
         kernel, bias = head.get_layer(f"{name}_logits_dense").get_weights()

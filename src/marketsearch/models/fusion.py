@@ -36,10 +36,6 @@ FUSED_INPUTS = ("image", "text", "image_present", "text_present")
 # separates almost perfectly) the head's validation loss is lowest after one epoch, while its
 # validation accuracy and photo-only accuracy still improve for a few more.
 MONITOR = "val_accuracy"
-# Blend weights (3 scalars) fitted on validation embeddings: enough steps to move them by a few
-# units; early stopping (val loss, on the same data) keeps the best epoch.
-BLEND_EPOCHS = 20
-BLEND_LEARNING_RATE = 0.02
 
 
 def embedding_model(model: keras.Model, layer: str = "embedding") -> keras.Model:
@@ -241,9 +237,9 @@ def train_fusion_head(img_emb: np.ndarray, txt_emb: np.ndarray, y: np.ndarray,
         for layer in head.layers:
             layer.trainable = layer is blend
         history["blend"] = fit(
-            head, x_val, np.asarray(y_val), x_val, np.asarray(y_val), epochs=BLEND_EPOCHS,
-            batch_size=64, learning_rate=BLEND_LEARNING_RATE, weight_decay=0.0,
-            warmup_epochs=0, patience=BLEND_EPOCHS, seed=seed, verbose=verbose,
+            head, x_val, np.asarray(y_val), x_val, np.asarray(y_val), epochs=cfg.blend_epochs,
+            batch_size=64, learning_rate=cfg.blend_learning_rate, weight_decay=0.0,
+            warmup_epochs=0, patience=cfg.blend_epochs, seed=seed, verbose=verbose,
             monitor="val_loss")
         for layer in head.layers:
             layer.trainable = not layer.name.endswith("_logits_dense")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ImageModelConfig
+from ..config import ImageModelConfig, SmallCnnConfig
 from .training import fit, set_seed
 
 import keras  # noqa: E402  (after training.py has quietened TensorFlow's logging)
@@ -78,39 +78,32 @@ def augmentation(seed: int | None = None) -> keras.Sequential:
     ], name="augment")
 
 
-# small_cnn architecture: stem filters, then (filters, convolutions) per stage; a 2x2 max pool
-# follows every stage but the last. Separable convolutions keep it cheap on CPU.
-SMALL_CNN_STEM = 32
-SMALL_CNN_STAGES: tuple[tuple[int, int], ...] = ((64, 1), (128, 2), (256, 2))
-SMALL_CNN_SEPARABLE = True
-SMALL_CNN_STEM_POOL = False  # 2x2 max pool right after the stride-2 stem (1/16 the pixels)
-BN_MOMENTUM = 0.9  # ~130 steps an epoch locally: the default 0.99 lags behind for epochs
-
-
-def _conv_block(x, filters: int, name: str, separable: bool = True):
-    conv = layers.SeparableConv2D if separable else layers.Conv2D
+def _conv_block(x, filters: int, name: str, arch: SmallCnnConfig):
+    conv = layers.SeparableConv2D if arch.separable else layers.Conv2D
     x = conv(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=arch.bn_momentum, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def small_cnn(image_size: int, name: str = BACKBONE_LAYER) -> keras.Model:
+def small_cnn(image_size: int, arch: SmallCnnConfig | None = None,
+              name: str = BACKBONE_LAYER) -> keras.Model:
     """A light from-scratch CNN: [S, S, 3] floats in [0, 1] -> pooled features.
 
-    Stride-2 3x3 stem, then stages of (separable) 3x3 conv + batch norm + relu with 2x2 max
-    pooling between stages, global average pooling at the end.
+    Stride-2 3x3 stem, then ``arch.stages`` of (separable) 3x3 conv + batch norm + relu with
+    2x2 max pooling between stages, global average pooling at the end.
     """
+    arch = arch or SmallCnnConfig()
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    x = layers.Conv2D(SMALL_CNN_STEM, 3, strides=2, padding="same", use_bias=False,
+    x = layers.Conv2D(arch.stem_filters, 3, strides=2, padding="same", use_bias=False,
                       name="stem_conv")(inputs)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=arch.bn_momentum, name="stem_bn")(x)
     x = layers.Activation("relu", name="stem_relu")(x)
-    if SMALL_CNN_STEM_POOL:
+    if arch.stem_pool:
         x = layers.MaxPooling2D(2, name="stem_pool")(x)
-    for i, (filters, n_convs) in enumerate(SMALL_CNN_STAGES):
+    for i, (filters, n_convs) in enumerate(arch.stages):
         for j in range(n_convs):
-            x = _conv_block(x, filters, f"b{i}_{j}", SMALL_CNN_SEPARABLE)
-        if i < len(SMALL_CNN_STAGES) - 1:
+            x = _conv_block(x, filters, f"b{i}_{j}", arch)
+        if i < len(arch.stages) - 1:
             x = layers.MaxPooling2D(2, name=f"b{i}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     return keras.Model(inputs, x, name=name)
@@ -125,7 +118,7 @@ def _check_weights_file(path: str) -> None:
 def build_backbone(cfg: ImageModelConfig, image_size: int) -> keras.Model:
     """The feature extractor named "backbone" (pooled features out), weights per ``cfg``."""
     if cfg.backbone == "small_cnn":
-        model = small_cnn(image_size)
+        model = small_cnn(image_size, cfg.small_cnn)
         if cfg.weights == "imagenet":
             raise ValueError("image_model.weights=imagenet needs a keras.applications backbone, "
                              "not small_cnn")

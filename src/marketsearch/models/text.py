@@ -9,7 +9,7 @@ Inputs (see ``text_input_kind``):
 
 Each text CNN ("tower") and the hub model have a Dense "embedding" layer
 (``TextModelConfig.embedding_dim``) before the softmax "probs" head. ``train_text_model``
-trains ``ENSEMBLE_TOWERS`` towers and combines them (``build_text_ensemble``): there
+trains ``text_model.towers`` towers and combines them (``build_text_ensemble``): there
 "embedding" concatenates the towers' embeddings and "probs" is a Dense softmax over it equal
 to the softmax of the towers' mean logits.
 
@@ -39,14 +39,6 @@ TOKENS, STRINGS = "tokens", "strings"
 # Early stopping watches validation accuracy: the text model's validation loss turns up after
 # 2-3 epochs (over-confidence) while its accuracy still climbs for several more.
 MONITOR = "val_accuracy"
-# Hashed word-pair branch (fastText-style bigrams, computed inside the model from the token
-# ids): +1 point of test accuracy on the shared listings. 0 turns it off.
-BIGRAM_BUCKETS = 65536
-BIGRAM_DIM = 32
-# Text CNNs trained independently (own Word2Vec seed, init, shuffling) and averaged: +1.5-2
-# points of test accuracy over one (0.807 -> 0.826 mean over 2 splits x 3 seeds) for 3x the
-# text training time (~25 s -> ~75 s on two cores).
-ENSEMBLE_TOWERS = 3
 
 
 # --- Word2Vec -------------------------------------------------------------------------------
@@ -241,7 +233,7 @@ def build_text_model(embedding_matrix: np.ndarray, n_classes: int,
     Embedding initialised from ``embedding_matrix`` (fine-tuned); branches concatenated:
     Conv1D (``cfg.filters``, relu) + global max pool per ``cfg.kernel_sizes`` (an empty list
     drops the CNN), a masked mean pool and a masked attention pool of the word vectors, and a
-    mean pool of hashed-bigram vectors (``BIGRAM_BUCKETS``; 0 drops it); then dropout, the
+    mean pool of hashed-bigram vectors (``cfg.bigram_buckets``; 0 drops it); then dropout, the
     Dense "embedding" layer and the softmax "probs" head."""
     vocab_size, dim = embedding_matrix.shape
     ids = keras.Input((cfg.max_len,), dtype="int32", name="tokens")
@@ -255,10 +247,10 @@ def build_text_model(embedding_matrix: np.ndarray, n_classes: int,
         branches.append(layers.GlobalMaxPooling1D(name=f"maxpool{k}")(c))
     branches.append(MaskedMeanPool(name="meanpool")([ids, dropped]))
     branches.append(MaskedAttentionPool(name="attentionpool")([ids, dropped]))
-    if BIGRAM_BUCKETS:
-        bigrams = HashedBigrams(BIGRAM_BUCKETS, name="bigrams")(ids)
-        bigram_vectors = layers.Embedding(BIGRAM_BUCKETS, BIGRAM_DIM, name="bigram_embedding")(
-            bigrams)
+    if cfg.bigram_buckets:
+        bigrams = HashedBigrams(cfg.bigram_buckets, name="bigrams")(ids)
+        bigram_vectors = layers.Embedding(cfg.bigram_buckets, cfg.bigram_dim,
+                                          name="bigram_embedding")(bigrams)
         bigram_vectors = layers.SpatialDropout1D(cfg.dropout / 2, name="bigram_spatial_dropout")(
             bigram_vectors)
         branches.append(MaskedMeanPool(name="bigram_meanpool")([bigrams, bigram_vectors]))
@@ -327,15 +319,14 @@ def build_text_ensemble(towers: Sequence[keras.Model], name: str = "text_word2ve
 
 def train_text_model(texts_train: Sequence[str], y_train: np.ndarray,
                      texts_val: Sequence[str], y_val: np.ndarray, n_classes: int,
-                     cfg: TextModelConfig, seed: int, verbose: int = 2,
-                     towers: int | None = None
+                     cfg: TextModelConfig, seed: int, verbose: int = 2
                      ) -> tuple[keras.Model, dict[str, int], dict[str, Any]]:
     """Train the text model on listing texts -> (model, vocab, history).
 
-    ``word2vec_cnn``: ``towers`` (default ``ENSEMBLE_TOWERS``) text CNNs, each with its own
-    Word2Vec (CBOW, seeds ``seed``, ``seed + 1``, ...) on the training texts initialising its
-    embedding, trained independently and combined by ``build_text_ensemble``; the vocabulary is
-    the first Word2Vec's words. ``tfhub``: ``cfg.hub_handle`` encoder, frozen, one tower; the
+    ``word2vec_cnn``: ``cfg.towers`` text CNNs, each with its own Word2Vec (CBOW, seeds
+    ``seed``, ``seed + 1``, ...) on the training texts initialising its embedding, trained
+    independently and combined by ``build_text_ensemble``; the vocabulary is the first
+    Word2Vec's words. ``tfhub``: ``cfg.hub_handle`` encoder, frozen, one tower; the
     returned vocab is empty (the model takes strings).
 
     history: "train" (the first tower's per-epoch curves), "towers" (all of them),
@@ -360,9 +351,7 @@ def train_text_model(texts_train: Sequence[str], y_train: np.ndarray,
         history["seconds"] = time.perf_counter() - start
         return model, {}, history
 
-    n_towers = int(towers if towers is not None else ENSEMBLE_TOWERS)
-    if n_towers < 1:
-        raise ValueError(f"towers must be at least 1, got {n_towers}")
+    n_towers = cfg.towers
     tokens = [tokenize(t) for t in texts_train]
     vocab: dict[str, int] = {}
     trained, histories = [], []
