@@ -64,7 +64,7 @@ def split_key(listing_id: str, seed: int) -> float:
 SMALL_LABEL = 20  # below this many listings a label is dealt by rank, so it keeps a test/val listing
 
 
-def stratified_split(ids: pd.Series, labels: pd.Series, fractions: dict[str, float],
+def split_by_id(ids: pd.Series, labels: pd.Series, fractions: dict[str, float],
                      seed: int) -> pd.Series:
     """Assign each id a split that does not change as the data grows.
 
@@ -134,8 +134,8 @@ def clean_frames(products: pd.DataFrame, images: pd.DataFrame, cfg: Config, *,
         })
     clean_p = pd.DataFrame(rows, columns=[c for c in CLEAN_PRODUCT_COLUMNS if c != "split"])
     if assign_split:
-        clean_p["split"] = stratified_split(clean_p["id"], clean_p["category"],
-                                            cfg.clean.split.model_dump(), cfg.seed)
+        clean_p["split"] = split_by_id(clean_p["id"], clean_p["category"],
+                                       cfg.clean.split.model_dump(), cfg.seed)
     else:
         clean_p["split"] = "test"
     by_id = clean_p.set_index("id")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from marketsearch import snapshot
-from marketsearch.components.clean import CleanData, clean, stratified_split
+from marketsearch.components.clean import CleanData, clean, split_by_id
 from marketsearch.components.ingest import ingest
 from marketsearch.components.validate import ValidationError, validate
 
@@ -159,15 +159,15 @@ def test_split_is_seeded_order_free_and_proportional():
     ids = pd.Series([f"id{i:05d}" for i in range(10_000)])
     labels = pd.Series(np.repeat(list("abcde"), 2_000))
     fr = {"train": 0.75, "val": 0.10, "test": 0.15}
-    a, b = stratified_split(ids, labels, fr, 1), stratified_split(ids, labels, fr, 1)
+    a, b = split_by_id(ids, labels, fr, 1), split_by_id(ids, labels, fr, 1)
     assert (a == b).all()
-    assert (a != stratified_split(ids, labels, fr, 2)).mean() > 0.2
+    assert (a != split_by_id(ids, labels, fr, 2)).mean() > 0.2
     for _, part in a.groupby(labels):
         share = part.value_counts(normalize=True)
         # binomial noise at n=2000: sd 0.8 points for test, 0.7 for val
         assert abs(share["test"] - 0.15) < 0.03 and abs(share["val"] - 0.10) < 0.03
     # order of the input does not change the assignment
-    shuffled = stratified_split(ids[::-1], labels[::-1], fr, 1)
+    shuffled = split_by_id(ids[::-1], labels[::-1], fr, 1)
     assert (shuffled.sort_index() == a).all()
 
 
@@ -177,8 +177,8 @@ def test_split_does_not_re_deal_old_listings_when_data_grows():
     rng = np.random.default_rng(0)
     ids = pd.Series([f"L{i}" for i in range(3_000)])
     labels = pd.Series(rng.choice(list("abcdefgh"), size=3_000))
-    before = stratified_split(ids[:2_000], labels[:2_000], fr, 7)
-    after = stratified_split(ids, labels, fr, 7)
+    before = split_by_id(ids[:2_000], labels[:2_000], fr, 7)
+    after = split_by_id(ids, labels, fr, 7)
     assert (before == after.iloc[:2_000]).all()
     # the new listings are dealt in proportion too
     share = after.iloc[2_000:].value_counts(normalize=True)
@@ -190,7 +190,7 @@ def test_small_labels_keep_a_test_and_a_val_listing():
     for seed in range(20):
         ids = pd.Series([f"s{seed}-{i}" for i in range(2 + 3 + 4 + 200)])
         labels = pd.Series(["two"] * 2 + ["three"] * 3 + ["four"] * 4 + ["big"] * 200)
-        counts = stratified_split(ids, labels, fr, seed).groupby(labels).value_counts().unstack(fill_value=0)
+        counts = split_by_id(ids, labels, fr, seed).groupby(labels).value_counts().unstack(fill_value=0)
         assert counts.loc["two"].to_dict() == {"test": 0, "train": 2, "val": 0}
         assert counts.loc["three"].to_dict() == {"test": 1, "train": 2, "val": 0}
         assert counts.loc["four"].to_dict() == {"test": 1, "train": 2, "val": 1}
