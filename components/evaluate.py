@@ -35,9 +35,9 @@ def evaluate(cfg: Config, clean_dir: str | Path, bundle_dir: str | Path, out_dir
         fair_test, fair = unseen_by(Bundle(champion_dir), test)
         if len(fair_test):
             champion = evaluate_pairs(Bundle(champion_dir), data.products, fair_test, data.pixels)
-        if len(fair_test) and fair["n_seen_by_champion"]:  # both on pairs neither learned from
-            challenger_scores = evaluate_pairs(Bundle(bundle_dir), data.products, fair_test,
-                                               data.pixels)["fusion"]
+            if fair["n_seen_by_champion"]:  # the challenger too, on the pairs neither learned from
+                challenger_scores = evaluate_pairs(Bundle(bundle_dir), data.products, fair_test,
+                                                   data.pixels)["fusion"]
     decision = compare(challenger_scores, champion["fusion"] if champion else None,
                        cfg.evaluate.promotion_metric, cfg.evaluate.min_improvement)
     if champion_dir is not None and champion is None:
