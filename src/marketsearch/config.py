@@ -200,8 +200,9 @@ class DriftConfig(_Section):
     # bonferroni each test uses alpha / (number of p-value tests): 0.05 / 5 = 0.01.
     alpha: float = Field(0.05, gt=0, lt=1)
     bonferroni: bool = True
-    # A batch with fewer listings (photos) than this is refused with an error naming the
-    # shortfall: the tests say nothing useful on a handful of rows. min_photos 0: no minimum.
+    # A batch with fewer listings than this is refused with an error naming the shortfall: the
+    # tests say nothing useful on a handful of rows. With fewer photos than min_photos only the
+    # photo check is skipped (and says so); the others still run.
     min_listings: int = Field(50, ge=2)
     min_photos: int = Field(50, ge=0)
     # Seeded random samples kept in the reference (and drawn from a batch): prices and
@@ -232,6 +233,21 @@ class DriftConfig(_Section):
     # batch, and the training texts' OOV rate is half an unseen text's; see drift.py).
     reference_splits: list[Literal["train", "val", "test"]] = ["train"]
     holdout_splits: list[Literal["train", "val", "test"]] = ["val"]
+
+    @model_validator(mode="after")
+    def _checks_can_fire(self):
+        if not self.checks or len(set(self.checks)) != len(self.checks):
+            raise ValueError(f"drift.checks must name each check once, at least one: {self.checks}")
+        n_tests = sum(1 for c in self.checks if c != "oov_rate")  # as drift.per_test_alpha
+        alpha = self.alpha / max(n_tests, 1) if self.bonferroni else self.alpha
+        embedding = [c for c in self.checks if c.endswith("_embedding")]
+        if embedding and 1 / (1 + self.mmd_permutations) >= alpha:
+            raise ValueError(
+                f"drift.mmd_permutations={self.mmd_permutations}: the smallest permutation "
+                f"p-value, 1/{1 + self.mmd_permutations}, is not below the per-test alpha "
+                f"{alpha:.3g}, so {', '.join(embedding)} could never fire; use at least "
+                f"{int(1 / alpha)} permutations")
+        return self
 
 
 class MlflowConfig(_Section):

@@ -475,18 +475,13 @@ def per_test_alpha(cfg: DriftConfig) -> float:
     return cfg.alpha / max(n_tests, 1) if cfg.bonferroni else cfg.alpha
 
 
-def check_size(n_listings: int, n_photos: int, cfg: DriftConfig, what: str = "batch") -> None:
-    """Raise DriftInputError when a batch is too small for the tests to mean anything."""
+def check_size(n_listings: int, cfg: DriftConfig, what: str = "batch") -> None:
+    """Raise DriftInputError when a batch has too few listings for the tests to mean anything.
+    (Too few photos skips only the photo check: see ``run_checks``.)"""
     if n_listings < cfg.min_listings:
         raise DriftInputError(
             f"the {what} has {n_listings} listing(s); the drift checks need at least "
             f"{cfg.min_listings} (drift.min_listings): wait for more data or lower the minimum")
-    needs_photos = "photo_embedding" in cfg.checks and cfg.min_photos > 0
-    if needs_photos and n_photos < cfg.min_photos:
-        raise DriftInputError(
-            f"the {what} has {n_photos} photo(s); the photo drift check needs at least "
-            f"{cfg.min_photos} (drift.min_photos): wait for more data, lower the minimum, or "
-            f"drop photo_embedding from drift.checks")
 
 
 def run_checks(reference: Reference, current: Reference, cfg: DriftConfig,
@@ -494,9 +489,10 @@ def run_checks(reference: Reference, current: Reference, cfg: DriftConfig,
     """Every check in ``cfg.checks`` -> {"drift": any check fired, "checks": {name: result},
     "fired": [names], "alpha_per_test", "n_listings", "n_photos", "seconds"}.
 
-    Raises DriftInputError when the batch is smaller than ``cfg.min_listings`` listings or
-    ``cfg.min_photos`` photos."""
-    check_size(current.n_listings, current.n_photos, cfg)
+    Raises DriftInputError when the batch is smaller than ``cfg.min_listings`` listings. With
+    fewer than ``cfg.min_photos`` photos the photo check is skipped, saying why, and the
+    others run."""
+    check_size(current.n_listings, cfg)
     start = time.perf_counter()
     alpha = per_test_alpha(cfg)
     runners = {
@@ -508,7 +504,10 @@ def run_checks(reference: Reference, current: Reference, cfg: DriftConfig,
         "oov_rate": lambda: oov_check(reference, current, cfg.oov_max_increase),
         "photo_embedding": lambda: embedding_check(
             "photo_embedding", reference.photo_embeddings, current.photo_embeddings, alpha,
-            cfg.mmd_permutations, cfg.mmd_max_rows, seed),
+            cfg.mmd_permutations, cfg.mmd_max_rows, seed) if current.n_photos >= cfg.min_photos
+        else _result("photo_embedding", 0.0, alpha, None, False,
+                     f"skipped: the batch has {current.n_photos} photo(s), fewer than "
+                     f"drift.min_photos ({cfg.min_photos})", 0.0),
         "text_embedding": lambda: embedding_check(
             "text_embedding", reference.text_embeddings, current.text_embeddings, alpha,
             cfg.mmd_permutations, cfg.mmd_max_rows, seed + 1),
@@ -531,7 +530,7 @@ def check_batch(bundle, products, images, pixels: np.ndarray | None, cfg: DriftC
     summary). ``bundle``: a Bundle or its directory (the champion the batch is judged for)."""
     from marketsearch.bundle import Bundle
 
-    check_size(len(products), 0 if images is None or pixels is None else len(images), cfg)
+    check_size(len(products), cfg)
     bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
     reference = Reference.load(bundle.root / REFERENCE_DIR)
     current = current_statistics(bundle, products, images, pixels, cfg, seed)

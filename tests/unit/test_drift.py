@@ -139,13 +139,14 @@ def test_too_small_batch_is_refused(reference):
     tiny = draw(np.random.default_rng(12), 30)
     with pytest.raises(drift.DriftInputError, match=r"30 listing.*at least 50.*min_listings"):
         drift.run_checks(reference, tiny, DriftConfig())
-    few_photos = draw(np.random.default_rng(13), 200)
+    # too few photos: the photo check is skipped, saying why, and the others still judge
+    few_photos = draw(np.random.default_rng(13), 200, price_scale=3.0)
     few_photos.n_photos = 10
-    with pytest.raises(drift.DriftInputError, match=r"10 photo.*min_photos"):
-        drift.run_checks(reference, few_photos, DriftConfig())
-    # without the photo check, photos are not required
-    cfg = DriftConfig(checks=["category_mix", "price"])
-    assert not drift.run_checks(reference, few_photos, cfg)["drift"]
+    result = drift.run_checks(reference, few_photos, DriftConfig())
+    photo = result["checks"]["photo_embedding"]
+    assert not photo["drift"] and photo["p_value"] is None
+    assert "10 photo(s), fewer than drift.min_photos (50)" in photo["detail"]
+    assert result["drift"] and result["fired"] == ["price"]
 
 
 def test_markdown_and_figure(reference, tmp_path):
@@ -159,8 +160,10 @@ def test_markdown_and_figure(reference, tmp_path):
         assert img.format == "PNG" and img.size[0] > 800
     # the plot function alone, with an unseen category and a skipped check
     checks = dict(result["checks"], oov_rate={**result["checks"]["oov_rate"], "detail": "skipped"})
-    plots.drift_png({"A": 5}, {"A": 3, "B": 2}, [1, 2], [3, 4], [5], [6], checks,
-                    tmp_path / "small.png")
+    small = plots.drift_png({"A": 5}, {"A": 3, "B": 2}, [1, 2], [3, 4], [5], [6], checks,
+                            tmp_path / "small.png")
+    with Image.open(small) as img:
+        assert img.format == "PNG" and img.size[0] > 800
 
 
 # --------------------------------------------------------------------------- with a bundle
@@ -261,7 +264,7 @@ def test_bundle_batches(bundle, clean):
     photos, with random words in the texts."""
     (ref_p, ref_i), (cur_p, cur_i) = halves(clean)
     ref = drift.build_reference(bundle, ref_p, ref_i, clean.pixels, SMALL, seed=1)
-    assert ref.meta["role"] == "reference" and ref.n_listings == 26
+    assert ref.meta["role"] == "reference" and ref.n_listings == len(ref_p)
     cur = drift.current_statistics(bundle, cur_p, cur_i, clean.pixels, SMALL, seed=2)
     assert cur.meta["role"] == "batch"
     same = drift.run_checks(ref, cur, SMALL)
@@ -292,7 +295,7 @@ def test_bundle_batches(bundle, clean):
     assert not result["checks"]["photo_embedding"]["drift"]
 
     with pytest.raises(drift.DriftInputError, match="min_listings"):
-        drift.run_checks(ref, cur, DriftConfig())  # 26 listings < the default 50
+        drift.run_checks(ref, cur, DriftConfig())  # half the fixture < the default 50
 
 
 def test_check_batch(bundle, clean):
@@ -304,7 +307,23 @@ def test_check_batch(bundle, clean):
     result, reference, current = drift.check_batch(bundle.root, test, photos, clean.pixels,
                                                    cfg, seed=3)
     assert reference.meta["role"] == "reference" and current.n_listings == len(test)
-    assert set(result["checks"]) == set(drift.CHECKS) and isinstance(result["drift"], bool)
-    json.dumps(result)  # the result is plain JSON for the KFP artifact
+    assert current.n_photos == len(photos)
+    # the reference is the one saved in the bundle, not rebuilt from the batch
+    saved = drift.Reference.load(bundle.root)
+    assert reference.n_listings == saved.n_listings == int((clean.products["split"] == "train").sum())
+    np.testing.assert_array_equal(reference.text_embeddings, saved.text_embeddings)
+    assert set(result["checks"]) == set(drift.CHECKS)
+    assert json.loads(json.dumps(result))["checks"].keys() == result["checks"].keys()
     with pytest.raises(drift.DriftInputError, match=f"has {len(test)} listing"):
         drift.check_batch(bundle, test, photos, clean.pixels, SMALL, seed=3)
+
+
+def test_config_refuses_checks_that_could_never_fire():
+    with pytest.raises(ValueError, match=r"1/21, is not below the per-test alpha 0.01"):
+        DriftConfig(mmd_permutations=20)
+    assert DriftConfig(mmd_permutations=100).mmd_permutations == 100  # 1/101 < 0.01
+    # without the embedding checks the permutation count does not matter
+    assert DriftConfig(mmd_permutations=20, checks=["price", "category_mix"]).alpha == 0.05
+    for checks in ([], ["price", "price"]):
+        with pytest.raises(ValueError, match="each check once, at least one"):
+            DriftConfig(checks=checks)
