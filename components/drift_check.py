@@ -117,5 +117,6 @@ def drift_check_component(config_json: str, parent_run_id: str,
     retrain = bool(result["drift"]) and not cfg.monitoring.dry_run
     if not retrain:  # nothing follows that would close the pipeline's MLflow run
         tracking.end_parent(cfg, parent_run_id)
-    drift_report.metadata.update({"drift": bool(result["drift"]), "reason": result["reason"]})
-    return bool(result["drift"])
+    drift_report.metadata.update({"drift": bool(result["drift"]), "reason": result["reason"],
+                                  "dry_run": cfg.monitoring.dry_run})
+    return retrain

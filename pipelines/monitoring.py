@@ -19,7 +19,6 @@ PIPELINE_NAME = "marketsearch-monitoring"
 def build_monitoring_pipeline(cfg: Config):
     """The pipeline function, with the config embedded as the default of its one parameter."""
     c = make_components(cfg)
-    dry_run = cfg.monitoring.dry_run
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="New listings -> validated -> drift checks against the champion's "
@@ -30,8 +29,9 @@ def build_monitoring_pipeline(cfg: Config):
                          raw_snapshot=ing.outputs["raw_snapshot"])
         drift = c.drift_check(config_json=config_json, parent_run_id=ing.outputs["Output"],
                       validated=val.outputs["validated"])
-        if not dry_run:
-            with dsl.If(drift.outputs["Output"] == True, name="drifted"):  # noqa: E712
-                training_subgraph(c, config_json, ing.outputs["Output"], ing.outputs["raw_snapshot"])
+        # drift_check returns "retrain": drift found and not monitoring.dry_run (read at run
+        # time from config_json, so a package compiled once serves both)
+        with dsl.If(drift.outputs["Output"] == True, name="drifted"):  # noqa: E712
+            training_subgraph(c, config_json, ing.outputs["Output"], ing.outputs["raw_snapshot"])
 
     return monitoring

@@ -192,7 +192,7 @@ def cmd_monitor(args) -> int:
         print(f"error: --data {args.data}: needs products.csv and images.csv (and images/), laid "
               "out like the shared data", file=sys.stderr)
         return 2
-    overrides = list(args.set) + [f"monitoring.dry_run={'true' if args.dry_run else 'false'}"]
+    overrides = list(args.set) + (["monitoring.dry_run=true"] if args.dry_run else [])
     if args.data:
         overrides.append(f"data.extra_local_dirs=[{json.dumps(str(Path(args.data).resolve()))}]")
     from marketsearch.config import load_config

@@ -42,3 +42,21 @@ def test_compile_writes_the_dag(tmp_path):
     assert not any("retryPolicy" in t for t in every.values())
     assert all(t["cachingOptions"] == {"enableCache": True} for t in every.values()
                if "componentRef" in t and not t["componentRef"]["name"].startswith("comp-condition"))
+
+
+def test_the_monitoring_dag_decides_dry_run_at_run_time(tmp_path):
+    """One compiled package serves dry runs and real ones: the training branch is always there,
+    behind drift_check's answer, which reads monitoring.dry_run from the run's config."""
+    specs = []
+    for dry in ("true", "false"):
+        out = tmp_path / f"monitoring-{dry}.yaml"
+        assert main(["compile", "--pipeline", "monitoring", "--output", str(out),
+                     "--set", f"monitoring.dry_run={dry}"]) == 0
+        specs.append(yaml.safe_load(out.read_text()))
+    for spec in specs:
+        tasks = spec["root"]["dag"]["tasks"]
+        [branch] = [t for n, t in tasks.items() if n.startswith("condition")]
+        assert branch["taskInfo"]["name"] == "drifted"
+        assert "drift-check-component" in json.dumps(branch["triggerPolicy"]["condition"])
+    strip = lambda s: json.dumps({k: v for k, v in s.items() if k != "root"})  # noqa: E731
+    assert strip(specs[0]) == strip(specs[1])  # only the embedded config differs
