@@ -7,14 +7,12 @@
    ``monitoring.kfp_host_env`` (KFP_HOST), else ``monitoring.kfp_host``; a bearer token only
    from the env var named by ``monitoring.kfp_token_env``);
 2. gets or creates the experiment ``monitoring.experiment`` (unarchiving it if archived);
-3. deletes every recurring run of that experiment named ``monitoring.recurring_run_name``, then
-   creates it anew from the package with ``monitoring.cron`` (KFP's six-field cron, seconds
-   first), ``max_concurrency``, no catch-up unless ``monitoring.catchup``, and the loaded config
-   as the ``config_json`` parameter. Scheduling again therefore replaces the schedule instead of
-   adding a second one.
-
-Everything that can be checked locally (host, package, its parameters) is checked before the
-old recurring run is deleted.
+3. creates the recurring run ``monitoring.recurring_run_name`` from the package with
+   ``monitoring.cron`` (KFP's six-field cron, seconds first), ``max_concurrency``, no catch-up
+   unless ``monitoring.catchup``, and the loaded config as the ``config_json`` parameter, then
+   deletes the runs of that name the experiment had before. Scheduling again therefore
+   replaces the schedule instead of adding a second one, and a refused package leaves the old
+   schedule running.
 """
 from __future__ import annotations
 
@@ -165,11 +163,7 @@ def schedule_recurring_run(cfg: Config, package_path: str | Path, host: str | No
     client = client or kfp_client(cfg, host)
     experiment, created = _experiment(client, cfg)
     experiment_id = experiment.experiment_id
-    replaced = []
-    for old in _recurring_runs_named(client, experiment_id, m.recurring_run_name):
-        client.delete_recurring_run(old.recurring_run_id)
-        replaced.append(old.recurring_run_id)
-        log.info("deleted recurring run %s (%s)", old.recurring_run_id, m.recurring_run_name)
+    previous = _recurring_runs_named(client, experiment_id, m.recurring_run_name)
     run = client.create_recurring_run(
         experiment_id=experiment_id, job_name=m.recurring_run_name, description=m.description,
         cron_expression=m.cron, max_concurrency=m.max_concurrency, no_catchup=not m.catchup,
@@ -177,6 +171,12 @@ def schedule_recurring_run(cfg: Config, package_path: str | Path, host: str | No
         pipeline_root=m.pipeline_root, service_account=m.service_account)
     log.info("created recurring run %s (%s), cron %r", run.recurring_run_id,
              m.recurring_run_name, m.cron)
+    replaced = []
+    for old in previous:
+        client.delete_recurring_run(old.recurring_run_id)
+        replaced.append(old.recurring_run_id)
+        log.info("deleted the previous recurring run %s (%s)", old.recurring_run_id,
+                 m.recurring_run_name)
     return Scheduled(recurring_run_id=run.recurring_run_id, recurring_run_name=m.recurring_run_name,
                      experiment_id=experiment_id, experiment=m.experiment, host=host,
                      pipeline_name=pipeline_name, cron=m.cron, replaced=replaced,

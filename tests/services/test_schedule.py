@@ -27,10 +27,12 @@ API = "/apis/v2beta1"
 
 class FakeKfp:
     """The KFP v2beta1 API's experiments and recurring runs, in memory; ``requests`` records
-    (method, path, query, body) of every call in order."""
+    (method, path, query, body) of every call in order, ``headers`` their headers."""
 
     def __init__(self):
         self.requests: list[tuple[str, str, dict, object]] = []
+        self.headers: list[dict[str, str]] = []
+        self.refuse_creates = False  # answer POST recurringruns with a 400, as KFP does a bad spec
         self.experiments: dict[str, dict] = {}
         self.recurring_runs: dict[str, dict] = {}
         self.lock = threading.Lock()
@@ -51,11 +53,12 @@ class FakeKfp:
                 return False
         return True
 
-    def handle(self, method: str, url: str, body) -> tuple[int, dict]:
+    def handle(self, method: str, url: str, body, headers: dict[str, str]) -> tuple[int, dict]:
         parts = urlsplit(url)
         path, query = parts.path, {k: v[-1] for k, v in parse_qs(parts.query).items()}
         with self.lock:
             self.requests.append((method, path, query, body))
+            self.headers.append({k.lower(): v for k, v in headers.items()})
             if method == "GET" and path == f"{API}/healthz":
                 return 200, {"multi_user": False}
             if path == f"{API}/experiments":
@@ -80,6 +83,8 @@ class FakeKfp:
                              and self._matches(r, query.get("filter"))]
                     page = {"recurringRuns": found, "total_size": len(found)}
                     return 200, (page if found else {})
+                if method == "POST" and self.refuse_creates:
+                    return 400, {"code": 3, "message": "invalid pipeline spec"}
                 if method == "POST":
                     run = dict(body, recurring_run_id=str(uuid.uuid4()), created_at=self._now(),
                                updated_at=self._now(), status="ENABLED")
@@ -113,7 +118,7 @@ def kfp_api():
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw else None
-            status, payload = fake.handle(self.command, self.path, body)
+            status, payload = fake.handle(self.command, self.path, body, dict(self.headers))
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
@@ -195,8 +200,14 @@ def test_schedule_creates_the_recurring_run_from_the_config(kfp_api, package, tm
     assert set(params) == {"config_json"}
     assert Config.from_json(params["config_json"]) == cfg
     # before anything was created, the experiment and the recurring run were looked up by name
-    [(_, (_, _, query, _))] = fake.calls("GET", f"{API}/recurringruns")
+    i_find_exp = fake.calls("GET", f"{API}/experiments")[0][0]
+    [(i_create_exp, _)] = fake.calls("POST", f"{API}/experiments")
+    [(i_find_run, (_, _, query, _))] = fake.calls("GET", f"{API}/recurringruns")
+    [(i_create_run, _)] = fake.calls("POST", f"{API}/recurringruns")
+    assert i_find_exp < i_create_exp < i_find_run < i_create_run
     assert query["experiment_id"] == experiment_id
+    # no token in the environment: no Authorization header
+    assert not any("authorization" in h for h in fake.headers)
     assert json.loads(query["filter"])["predicates"][0]["stringValue"] == "marketsearch-drift-check"
 
 
@@ -242,7 +253,8 @@ def test_scheduling_again_replaces_the_recurring_run(kfp_api, package, tmp_path)
     assert len(fake.calls("POST", f"{API}/experiments")) == 1
     [(i_delete, _)] = fake.calls("DELETE", f"{API}/recurringruns/{first}")
     creates = [i for i, _ in fake.calls("POST", f"{API}/recurringruns")]
-    assert len(creates) == 2 and creates[0] < i_delete < creates[1]
+    # the new schedule exists before the old one goes
+    assert len(creates) == 2 and creates[0] < creates[1] < i_delete
     assert fake.calls("DELETE", f"{API}/recurringruns/other") == []
     assert fake.recurring_runs[second]["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
 
@@ -260,6 +272,8 @@ def test_host_from_env_and_argument_and_settings_reach_the_api(kfp_api, package,
     assert body["display_name"] == "nightly" and body["max_concurrency"] == "3"
     assert body["no_catchup"] is False and body["service_account"] == "monitoring-runner"
     assert body["runtime_config"]["pipeline_root"] == "s3://b/root"
+    [(i_create, _)] = fake.calls("POST", f"{API}/recurringruns")
+    assert fake.headers[i_create].get("authorization") == "Bearer t0ken"
     # an explicit host wins over a bad env var
     monkeypatch.setenv("KFP_HOST", "http://127.0.0.1:9")
     again = schedule_recurring_run(cfg, package, host=url)
@@ -315,6 +329,19 @@ def test_bad_package_or_parameters_fail_before_anything_is_deleted(kfp_api, pack
     with pytest.raises(ScheduleError, match="no config_json parameter"):
         schedule(cfg, tmp_path / "noparam.yaml")
     assert fake.requests == []
+
+
+def test_a_refused_schedule_leaves_the_old_one_running(kfp_api, package, tmp_path):
+    from kfp_server_api import ApiException
+
+    url, fake = kfp_api
+    cfg = _cfg(tmp_path, kfp_host=url)
+    first = schedule(cfg, package)
+    fake.refuse_creates = True
+    with pytest.raises(ApiException):
+        schedule(cfg, package)
+    assert set(fake.recurring_runs) == {first}
+    assert [r for r in fake.requests if r[0] == "DELETE"] == []
 
 
 def test_unreachable_host_is_a_clear_error(package, tmp_path, capsys):
