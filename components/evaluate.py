@@ -28,15 +28,17 @@ def evaluate(cfg: Config, clean_dir: str | Path, bundle_dir: str | Path, out_dir
 
     data = CleanData.load(clean_dir)
     test = data.images[data.images["split"] == "test"]
-    result = evaluate_pairs(Bundle(bundle_dir), data.products, test, data.pixels)
+    challenger = Bundle(bundle_dir)
+    result = evaluate_pairs(challenger, data.products, test, data.pixels)
     challenger_scores, champion = result["fusion"], None
     fair = {"n_test_pairs": len(test), "n_seen_by_champion": 0}
     if champion_dir is not None:
-        fair_test, fair = unseen_by(Bundle(champion_dir), test)
+        champion_bundle = Bundle(champion_dir)
+        fair_test, fair = unseen_by(champion_bundle, test)
         if len(fair_test):
-            champion = evaluate_pairs(Bundle(champion_dir), data.products, fair_test, data.pixels)
+            champion = evaluate_pairs(champion_bundle, data.products, fair_test, data.pixels)
             if fair["n_seen_by_champion"]:  # the challenger too, on the pairs neither learned from
-                challenger_scores = evaluate_pairs(Bundle(bundle_dir), data.products, fair_test,
+                challenger_scores = evaluate_pairs(challenger, data.products, fair_test,
                                                    data.pixels)["fusion"]
     decision = compare(challenger_scores, champion["fusion"] if champion else None,
                        cfg.evaluate.promotion_metric, cfg.evaluate.min_improvement)
@@ -50,7 +52,7 @@ def evaluate(cfg: Config, clean_dir: str | Path, bundle_dir: str | Path, out_dir
     if champion:
         snapshot.write_json(out_dir, "champion_evaluation.json", champion)
     snapshot.write_json(out_dir, "decision.json", decision)
-    labels = Bundle(bundle_dir).labels + result["unknown_categories"]
+    labels = challenger.labels + result["unknown_categories"]
     for m in MODALITIES:
         plots.confusion_matrix_png(result[m]["confusion_matrix"], labels, out_dir / f"confusion_{m}.png",
                                    f"{m} model on the test pairs (accuracy {result[m]['accuracy']:.3f})")

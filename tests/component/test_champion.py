@@ -173,10 +173,18 @@ def test_a_champion_is_not_scored_on_listings_it_learned_from(bundles, tmp_path)
     assert decision["n_test_pairs"] == len(test_pairs) - n_seen
     champion_eval = _read(tmp_path / "eval" / "champion_evaluation.json")
     assert champion_eval["fusion"]["n"] == len(test_pairs) - n_seen
+    assert decision["champion_score"] == champion_eval["fusion"]["accuracy"]
     # the challenger's headline is on all test pairs, its score in the decision on the same
     # pairs as the champion's
-    assert _read(tmp_path / "eval" / "evaluation.json")["fusion"]["n"] == len(test_pairs)
-    assert decision["champion_score"] == champion_eval["fusion"]["accuracy"]
+    from marketsearch.bundle import Bundle
+    from marketsearch.evaluation import evaluate_pairs
+
+    headline = _read(tmp_path / "eval" / "evaluation.json")["fusion"]
+    assert headline["n"] == len(test_pairs)
+    unseen = test_pairs[~test_pairs["product_id"].isin(seen_test)]
+    on_unseen = evaluate_pairs(Bundle(b.strong), data.products, unseen, data.pixels)["fusion"]
+    assert decision["challenger_score"] == on_unseen["accuracy"]
+    assert on_unseen["n"] == decision["n_test_pairs"] < headline["n"]
 
 
 def test_a_champion_that_saw_every_test_listing_is_kept_with_the_reason(bundles, tmp_path):
@@ -189,16 +197,22 @@ def test_a_champion_that_saw_every_test_listing_is_kept_with_the_reason(bundles,
     decision = evaluate(b.cfg, b.clean, b.strong, tmp_path / "eval", champion_dir=champion)["decision"]
     assert decision["promote"] is False and decision["champion_score"] is None
     assert "listings the champion learned from" in decision["reason"]
-    assert decision["n_test_pairs"] == 0 and decision["n_seen_by_champion"] > 0
+    n_pairs = len(CleanData.load(b.clean).images.query("split == 'test'"))
+    assert decision["n_test_pairs"] == 0 and decision["n_seen_by_champion"] == n_pairs
 
 
 def test_a_champion_without_recorded_listings_is_scored_on_all_test_pairs(bundles, tmp_path):
     from marketsearch.components.evaluate import evaluate
 
     b = bundles
+    from marketsearch.components.clean import CleanData
+
     champion = _with_seen(b.strong, tmp_path / "champion", None)
     decision = evaluate(b.cfg, b.clean, b.weak, tmp_path / "eval", champion_dir=champion)["decision"]
+    n_pairs = len(CleanData.load(b.clean).images.query("split == 'test'"))
     assert decision["champion_seen_ids"] == "unknown" and decision["n_seen_by_champion"] == 0
+    assert decision["n_test_pairs"] == n_pairs
+    assert _read(tmp_path / "eval" / "champion_evaluation.json")["fusion"]["n"] == n_pairs
     assert decision["promote"] is False and decision["champion_score"] > decision["challenger_score"]
 
 
