@@ -71,24 +71,21 @@ def test_the_monitoring_dag_checks_drift_on_cpu_then_trains_on_gpus(tmp_path):
     docs = list(yaml.safe_load_all(out.read_text()))
     spec, platform = docs[0], docs[1]
     assert spec["pipelineInfo"]["name"] == "marketsearch-monitoring"
-    walk_conditions: dict[str, str | None] = {}
-
-    def walk(dag_tasks: dict, condition: str | None) -> None:
-        for name, task in dag_tasks.items():
-            component = spec["components"][task["componentRef"]["name"]]
-            if "dag" in component:
-                walk(component["dag"]["tasks"], task["taskInfo"]["name"])
-            else:
-                walk_conditions[name.removesuffix("-component").replace("-", "_")] = condition
-
-    walk(spec["root"]["dag"]["tasks"], None)
+    tasks = tasks_by_stage(spec, platform)
     # two validate tasks exist (before the checks, and in the training branch): names differ
-    assert walk_conditions["drift_check"] is None
-    assert walk_conditions["train_image"] == "drifted" and walk_conditions["deploy"] == "promoted"
-    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    drift_exec = next(v for k, v in executors.items() if "drift-check" in k)
-    assert "tolerations" not in drift_exec
-    assert {e["secretName"] for e in drift_exec["secretAsEnv"]} == {"marketsearch-secrets"}
+    assert tasks["drift_check"]["condition"] is None
+    assert tasks["train_image"]["condition"] == "drifted"
+    assert tasks["deploy"]["condition"] == "promoted"
+    drift = tasks["drift_check"]
+    assert "accelerator" not in drift["container"]["resources"]
+    assert "tolerations" not in drift["k8s"]
+    assert {e["secretName"] for e in drift["k8s"]["secretAsEnv"]} == {"marketsearch-secrets"}
+    for stage in GPU_STAGES:
+        acc = tasks[stage]["container"]["resources"]["accelerator"]
+        assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "1", stage
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+            tasks[stage]["k8s"]["tolerations"], stage
+        assert tasks[stage]["k8s"]["nodeSelector"]["labels"] == {"marketsearch/node-pool": "gpu"}
 
 
 def test_images_come_from_the_ecr_prefix(eks):
