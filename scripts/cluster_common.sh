@@ -6,6 +6,10 @@
 set -euo pipefail
 : "${SCRIPT:?set SCRIPT before sourcing cluster_common.sh}"
 
+# Namespaces shared with k8s/ and config/eks.yaml
+APP_NAMESPACE="marketsearch"  # k8s/base: MLflow, the InferenceService, service accounts
+KFP_NAMESPACE="kubeflow"      # KFP standalone runs every pipeline pod here
+
 # A relative TFVARS_FILE is relative to where the script was started, not to the repo root.
 if [ -n "${TFVARS_FILE:-}" ]; then
   [ -f "$TFVARS_FILE" ] || { echo "$SCRIPT: TFVARS_FILE=$TFVARS_FILE is not a file" >&2; exit 1; }

@@ -39,8 +39,6 @@ NVIDIA_DEVICE_PLUGIN_VERSION="${NVIDIA_DEVICE_PLUGIN_VERSION:-v0.17.3}"
 CLUSTER_AUTOSCALER_VERSION="${CLUSTER_AUTOSCALER_VERSION:-1.35.2}"  # minor = the cluster's Kubernetes minor
 
 # --- names shared with k8s/ and config/eks.yaml ----------------------------------------------
-APP_NAMESPACE="marketsearch"           # k8s/base: MLflow, the InferenceService, service accounts
-KFP_NAMESPACE="kubeflow"               # KFP standalone runs every pipeline pod here
 PIPELINE_SECRET="marketsearch-secrets" # config/eks.yaml kfp.secret_name and its keys:
                                        #   source-database-url, database-url, mlflow-tracking-uri
 MLFLOW_SECRET="mlflow-backend"         # k8s/base/mlflow.yaml: backend-store-uri, artifacts-destination
@@ -75,7 +73,10 @@ terraform_apply() {
   fi
   if [ "$cidrs" != "none" ]; then
     IFS=, read -r -a cidr_list <<< "$cidrs"
-    for cidr in "${cidr_list[@]}"; do hcl="${hcl:+$hcl,}\"$cidr\""; done
+    for cidr in "${cidr_list[@]}"; do
+      cidr="${cidr// /}"
+      if [ -n "$cidr" ]; then hcl="${hcl:+$hcl,}\"$cidr\""; fi
+    done
   fi
   local args=(-var "cluster_endpoint_public_access_cidrs=[${hcl}]")
   if [ -n "${TFVARS_FILE:-}" ]; then args+=(-var-file "$TFVARS_FILE"); fi

@@ -21,9 +21,6 @@ SCRIPT=destroy-cluster
 # shellcheck source=scripts/cluster_common.sh
 source "$(dirname "$0")/cluster_common.sh"
 
-APP_NAMESPACE="marketsearch"
-KFP_NAMESPACE="kubeflow"
-
 need terraform "https://developer.hashicorp.com/terraform/install (>= 1.5)"
 need aws "https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html (v2)"
 need kubectl "https://kubernetes.io/docs/tasks/tools/"
@@ -44,7 +41,7 @@ KUBE_CONTEXT="${KUBE_CONTEXT:-$CLUSTER}"
 
 if [ "${AUTO_APPROVE:-0}" != 1 ]; then
   printf 'This deletes the EKS cluster %s in %s, its RDS database, S3 buckets (with their data)\nand ECR repositories (with their images). Type the cluster name to go on: ' "$CLUSTER" "$REGION"
-  read -r answer
+  read -r answer || die "no answer on stdin: set AUTO_APPROVE=1 to skip the prompt"
   [ "$answer" = "$CLUSTER" ] || die "not confirmed; nothing deleted"
 fi
 

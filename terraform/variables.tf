@@ -71,6 +71,11 @@ variable "cluster_endpoint_public_access_cidrs" {
     condition     = !contains(var.cluster_endpoint_public_access_cidrs, "0.0.0.0/0")
     error_message = "Refusing 0.0.0.0/0 for the public API endpoint: list the operator or CI CIDRs."
   }
+
+  validation {
+    condition     = alltrue([for c in var.cluster_endpoint_public_access_cidrs : can(cidrnetmask(c))])
+    error_message = "Each public API endpoint entry must be an IPv4 CIDR such as 203.0.113.7/32."
+  }
 }
 
 variable "cluster_log_types" {

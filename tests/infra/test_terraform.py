@@ -384,6 +384,19 @@ def test_world_open_public_endpoint_is_refused(tf_initialised: Terraform, moto_s
     assert "Refusing 0.0.0.0/0" in proc.stderr + proc.stdout
 
 
+
+@pytest.mark.parametrize("cidr", ["203.0.113.7", "203.0.113.7/33", " 203.0.113.7/32", "none"])
+def test_a_public_endpoint_entry_that_is_not_a_cidr_is_refused_at_plan(
+        tf_initialised: Terraform, moto_server: MotoServer, cidr: str):
+    """Caught before anything is created, not at EKS CreateCluster after the VPC and RDS."""
+    tf_initialised.point_at(moto_server.url)
+    proc = tf_initialised.run("plan", "-input=false", "-no-color", "-lock=false",
+                              "-var", f'cluster_endpoint_public_access_cidrs=["{cidr}"]',
+                              check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "must be an IPv4 CIDR such as 203.0.113.7/32" in proc.stderr + proc.stdout
+
+
 # --- apply and destroy against moto -------------------------------------------------------
 
 # Left out of the apply because moto does not emulate them (both are planned, and asserted on,
