@@ -1,11 +1,14 @@
 """drift_check: is the new data different enough from what the champion learned to retrain?
 
-The batch is the validated snapshot's listings that the champion has never seen (ids absent
-from its index, which holds every clean listing of its training snapshot), cleaned by the
-training pipeline's own ``clean_frames`` and judged by ``marketsearch.drift`` against the
-reference the champion's training run saved in its bundle (``reference/``). Too few new
-listings to judge means no drift (nothing worth a retraining yet); no champion at all means
-"train".
+The batch is the validated snapshot's listings that no retrain has considered yet: ids absent
+from the champion's index (which holds every clean listing of its training snapshot) and from
+the index of the newest registered version, when a retrain was kept out because it did not
+beat the champion. Without the second, a drift that retraining cannot fix (prices, say, which
+no model reads) would retrain on every scheduled run until new listings arrive. The batch is
+cleaned by the training pipeline's own ``clean_frames`` and judged by ``marketsearch.drift``
+against the reference the champion's training run saved in its bundle (``reference/``). Too
+few new listings to judge means no drift (nothing worth a retraining yet); no champion at all
+means "train".
 """
 
 import json
@@ -25,10 +28,18 @@ def new_rows(products, images, known_ids: set):
     return fresh, images[images["product_id"].isin(set(fresh["id"]))]
 
 
+def indexed_ids(bundle_dir: str | Path) -> set[str]:
+    """The listing ids in a bundle's index: every clean listing of its training snapshot."""
+    from marketsearch.index import IDS_FILE
+
+    return set(json.loads((Path(bundle_dir) / "index" / IDS_FILE).read_text()))
+
+
 def drift_check(cfg: Config, validated_dir: str | Path, champion_dir: str | Path | None,
-                out_dir: str | Path) -> dict:
+                out_dir: str | Path, considered_ids: set[str] = frozenset()) -> dict:
     """Write ``drift.json``, ``drift.md`` and ``drift.png`` to ``out_dir``; return the result:
-    {"drift", "reason", "n_new_listings", "n_new_photos", "checks", "fired", ...}."""
+    {"drift", "reason", "n_new_listings", "n_new_photos", "checks", "fired", ...}.
+    ``considered_ids``: listings a kept-out retrain already learned from (not judged again)."""
     from marketsearch import quarantine, snapshot
     from marketsearch.bundle import Bundle
     from marketsearch.components.clean import clean_frames
@@ -48,7 +59,7 @@ def drift_check(cfg: Config, validated_dir: str | Path, champion_dir: str | Path
                       "the drift checks): retrain to get one", n_new_listings=None)
     else:
         bundle = Bundle(champion_dir)
-        known = set(json.loads((bundle.root / "index" / "ids.json").read_text()))
+        known = indexed_ids(bundle.root) | set(considered_ids)
         fresh_p, fresh_i = new_rows(products, images, known)
         data = clean_frames(fresh_p, fresh_i, cfg, image_size=bundle.image_size,
                             assign_split=False)
@@ -87,23 +98,27 @@ def drift_check_component(config_json: str, parent_run_id: str,
     import mlflow
 
     from marketsearch import registry, tracking
-    from marketsearch.components.drift_check import drift_check
+    from marketsearch.components.drift_check import drift_check, indexed_ids
     from marketsearch.config import Config
 
     cfg = Config.from_json(config_json)
     with tracking.stage_run(cfg, parent_run_id, "drift_check"), tempfile.TemporaryDirectory() as tmp:
         current = registry.champion(cfg)
         champion_dir = registry.download_bundle(cfg, current.version, tmp) if current else None
+        latest = registry.latest_version(cfg) if current else None
+        considered: set[str] = set()
+        if latest is not None and latest.version != current.version:  # a retrain kept out
+            considered = indexed_ids(registry.download_bundle(cfg, latest.version,
+                                                              Path(tmp) / "latest"))
+        # (the drift.* thresholds are params of the pipeline's parent run, with all the config)
         mlflow.log_params({"champion_version": current.version if current else "none",
-                           **tracking.flatten(cfg.drift.model_dump(), "drift.")})
-        result = drift_check(cfg, validated.path, champion_dir, drift_report.path)
-        mlflow.log_metrics({"drift": float(result["drift"]),
-                            "n_new_listings": float(result.get("n_new_listings") or 0)})
-        for name, check in result["checks"].items():
-            for key in ("statistic", "threshold", "p_value"):
-                if check.get(key) is not None:
-                    mlflow.log_metric(f"{name}.{key}", float(check[key]))
-            mlflow.log_metric(f"{name}.drift", float(check["drift"]))
+                           "latest_version": latest.version if latest else "none"})
+        result = drift_check(cfg, validated.path, champion_dir, drift_report.path, considered)
+        tracking.log_numbers({"drift": result["drift"],
+                              "n_new_listings": result.get("n_new_listings") or 0,
+                              **{name: {k: check[k] for k in ("statistic", "threshold", "p_value",
+                                                              "drift")}
+                                 for name, check in result["checks"].items()}})
         out = Path(drift_report.path)
         mlflow.log_text(result["reason"], "drift_reason.txt")
         for name in ("drift.json", "drift.md", "drift.png"):

@@ -61,6 +61,16 @@ def champion(cfg: Config):
         return None
 
 
+def latest_version(cfg: Config):
+    """The newest registered version (promoted or kept out), or None."""
+    import mlflow
+
+    tracking.setup(cfg)
+    versions = mlflow.MlflowClient().search_model_versions(
+        f"name = '{cfg.mlflow.registered_model}'")
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
 def download_bundle(cfg: Config, version: str, dst: str | Path) -> Path:
     """Fetch a registered version's bundle directory to ``dst`` and return its path."""
     import mlflow

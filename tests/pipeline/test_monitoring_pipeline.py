@@ -52,8 +52,8 @@ def _write_dir(dest: Path, p_header, products, i_header, photos_of, degrade: boo
 
 @pytest.fixture(scope="module")
 def data_dirs(tmp_path_factory):
-    """base (the champion's data), same (new listings drawn like it), shifted (new listings of
-    two categories with degraded photos); no listing in two of them."""
+    """base (the champion's data), same (new listings drawn like it), shifted and shifted_later
+    (new listings of two categories with degraded photos); no listing in two of them."""
     tmp = tmp_path_factory.mktemp("monitoring_data")
     p_header, products = _read(SHARED / "products.csv")
     i_header, images = _read(SHARED / "images.csv")
@@ -74,11 +74,15 @@ def data_dirs(tmp_path_factory):
         same += rows[BASE_PER_CATEGORY:BASE_PER_CATEGORY + BATCH_PER_CATEGORY]
         rest += rows[BASE_PER_CATEGORY + BATCH_PER_CATEGORY:]
     shifted = [p for p in rest if p[cat_col].split("/")[0].strip() in SHIFT_CATEGORIES]
+    later = shifted[SHIFT_LISTINGS:2 * SHIFT_LISTINGS]
     shifted = shifted[:SHIFT_LISTINGS]
+    assert len(later) == SHIFT_LISTINGS
     return {"base": _write_dir(tmp / "base", p_header, base, i_header, photos_of),
             "same": _write_dir(tmp / "same", p_header, same, i_header, photos_of),
             "shifted": _write_dir(tmp / "shifted", p_header, shifted, i_header, photos_of,
-                                  degrade=True)}
+                                  degrade=True),
+            "shifted_later": _write_dir(tmp / "shifted_later", p_header, later, i_header,
+                                        photos_of, degrade=True)}
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +161,39 @@ def test_a_shifted_batch_retrains_and_promotes_only_a_better_model(champion, dat
     after = pd.read_parquet(retrain[0]).set_index("id")["split"]
     assert len(after) > len(before) and before.index.isin(after.index).all()
     assert (after.loc[before.index] == before).all()
+
+
+def test_a_retrain_kept_out_is_not_repeated_on_the_same_listings(champion, data_dirs, capsys):
+    """A retrain that cannot beat the champion (forced here with min_improvement 1) is not run
+    again on every schedule: the next run judges only listings no retrain has seen."""
+    import mlflow
+
+    tmp, args, _ = champion
+    served_before = json.loads((tmp / "runs" / "serving" / "marketsearch" / "VERSION").read_text())
+    out = _monitor(args + ["--set", "evaluate.min_improvement=1.0"], data_dirs["shifted_later"],
+                   capsys)
+    assert out["drift"] is True and out["retrained"] is True and out["promoted"] is False
+    served = json.loads((tmp / "runs" / "serving" / "marketsearch" / "VERSION").read_text())
+    assert served["version"] == served_before["version"]
+    # each check's statistic, threshold and verdict are in the drift_check stage's MLflow run
+    client = mlflow.MlflowClient(f"sqlite:///{tmp / 'runs' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("marketsearch").experiment_id
+
+    def last_drift_check_run():
+        return client.search_runs([exp], "tags.stage = 'drift_check'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)[0]
+
+    run = last_drift_check_run()
+    for name, check in out["checks"].items():
+        assert run.data.metrics[f"{name}.drift"] == float(check["drift"]), name
+        assert run.data.metrics[f"{name}.statistic"] == pytest.approx(check["statistic"]), name
+        assert run.data.metrics[f"{name}.threshold"] == pytest.approx(check["threshold"]), name
+
+    again = _monitor(args, data_dirs["shifted_later"], capsys)
+    assert again["n_new_listings"] == 0, again
+    assert again["drift"] is False and again["retrained"] is False
+    assert "not judged" in again["reason"]
+    # the listings were known from the kept-out version, not from the champion
+    params = last_drift_check_run().data.params
+    assert params["champion_version"] == served["version"]
+    assert params["latest_version"] == out["decision"]["version"] != served["version"]
