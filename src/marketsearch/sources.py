@@ -426,9 +426,17 @@ def read_source(cfg: "Config", apply_limit: bool = True) -> RawData:
 
 
 def concat(first: RawData, second: RawData) -> RawData:
-    """Both snapshots' rows (a listing id in both stays twice: validate quarantines the copy)."""
-    return RawData(pd.concat([first.products, second.products], ignore_index=True).fillna(""),
-                   pd.concat([first.images, second.images], ignore_index=True),
+    """Both snapshots' rows; a listing or photo id in both is taken from ``second`` (the newer
+    snapshot, e.g. a full export that repeats old listings), so it is neither counted twice nor
+    quarantined as a duplicate."""
+    again_p = first.products["id"].isin(second.products["id"])
+    again_i = first.images["id"].isin(second.images["id"])
+    if again_p.any() or again_i.any():
+        log.info("%s repeats %d listing(s) and %d photo(s) of %s: keeping its copies",
+                 second.source, int(again_p.sum()), int(again_i.sum()), first.source)
+    return RawData(pd.concat([first.products[~again_p], second.products],
+                             ignore_index=True).fillna(""),
+                   pd.concat([first.images[~again_i], second.images], ignore_index=True),
                    source=f"{first.source} + {second.source}")
 
 

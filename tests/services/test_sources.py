@@ -1,6 +1,7 @@
 """Raw-data readers against real services: files, a Postgres cluster, a moto S3 server."""
 from __future__ import annotations
 
+import csv
 import logging
 import shutil
 from pathlib import Path
@@ -258,6 +259,33 @@ def test_read_source_local_with_limit(fixture_dir: Path):
     assert len(raw.products) == 26
     assert raw.products["category"].map(root_category).value_counts().eq(2).all()
     assert raw.images["product_id"].isin(raw.products["id"]).all()
+
+
+def test_extra_dirs_add_new_listings_and_take_repeated_ones_from_the_newer_folder(
+        fixture_dir: Path, tmp_path: Path):
+    """A newer full export passed as an extra folder: its repeats of old listings replace them
+    instead of being counted twice (validate would quarantine the copies as duplicates)."""
+    newer = tmp_path / "newer"
+    shutil.copytree(fixture_dir, newer)
+    products = pd.read_csv(newer / "products.csv", dtype=str, keep_default_na=False)
+    repeated = products.iloc[:10].copy()
+    repeated["price"] = "£1"  # edited since the first export
+    added = products.iloc[:3].copy()
+    added["id"] = [f"new-{i}" for i in range(3)]
+    pd.concat([repeated, added]).to_csv(newer / "products.csv", index=False, quoting=csv.QUOTE_ALL)
+    images = pd.read_csv(newer / "images.csv", dtype=str, keep_default_na=False)
+    images[images["product_id"].isin(repeated["id"])].to_csv(newer / "images.csv", index=False)
+
+    cfg = Config.model_validate({"data": {"source": "local", "local_dir": str(fixture_dir),
+                                          "extra_local_dirs": [str(newer)]}})
+    raw = read_source(cfg)
+    first = read_local(fixture_dir)
+    assert raw.products["id"].is_unique and raw.images["id"].is_unique
+    assert len(raw.products) == len(first.products) + 3
+    assert len(raw.images) == len(first.images)
+    prices = raw.products.set_index("id")["price"]
+    assert (prices[repeated["id"]] == "£1").all()
+    assert (prices[first.products["id"].iloc[10:]].values == first.products["price"].iloc[10:].values).all()
 
 
 def test_sample_is_stratified_deterministic_and_keeps_orphans(local_raw: RawData):
