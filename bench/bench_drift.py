@@ -130,7 +130,9 @@ def run_many(batches: Batches, reference, cfg: DriftConfig, make_batch, repeats:
     p_values: dict[str, list] = {name: [] for name in cfg.checks}
     stats: dict[str, list] = {name: [] for name in cfg.checks}
     t_summary = t_checks = 0.0
-    for r in range(repeats):
+    from tqdm import tqdm
+
+    for r in tqdm(range(repeats), desc="batches", unit="batch", mininterval=2, leave=False):
         seed = seed0 + r
         start = time.perf_counter()
         current = make_batch(seed)
@@ -178,8 +180,11 @@ def main() -> None:
     from marketsearch.bundle import Bundle
     from marketsearch.components.clean import CleanData
 
-    clean = args.clean or sorted(glob.glob(str(
-        ROOT / "runs" / "kfp" / "marketsearch-training-*" / "clean-component" / "clean_data")))[-1]
+    runs = sorted(glob.glob(str(
+        ROOT / "runs" / "kfp" / "marketsearch-training-*" / "clean-component" / "clean_data")))
+    if not args.clean and not runs:
+        sys.exit("bench_drift: no clean data under runs/kfp/: run `make run` first, or pass --clean")
+    clean = args.clean or runs[-1]
     DATA = data = CleanData.load(clean)
     bundle = Bundle(args.bundle)
     cfg = DriftConfig()
