@@ -1,5 +1,6 @@
 """The monitoring DAG, run on a schedule: ingest -> validate -> drift_check ->
-[if drift] the training subgraph (validate ... evaluate -> [if promoted] deploy).
+[if drift] the training subgraph on the same validated snapshot (clean ... evaluate ->
+[if promoted] deploy).
 
 The source is read whole (on a laptop: ``data.local_dir`` plus ``data.extra_local_dirs``, the
 new listings); drift_check judges only the listings the champion has never seen. When it
@@ -32,6 +33,6 @@ def build_monitoring_pipeline(cfg: Config):
         # drift_check returns "retrain": drift found and not monitoring.dry_run (read at run
         # time from config_json, so a package compiled once serves both)
         with dsl.If(drift.outputs["Output"] == True, name="drifted"):  # noqa: E712
-            training_subgraph(c, config_json, ing.outputs["Output"], ing.outputs["raw_snapshot"])
+            training_subgraph(c, config_json, ing.outputs["Output"], val.outputs["validated"])
 
     return monitoring

@@ -102,11 +102,10 @@ def make_components(cfg: Config) -> SimpleNamespace:
         for name, func in funcs.items()})
 
 
-def training_subgraph(c: SimpleNamespace, config_json: str, parent_run_id, raw_snapshot):
-    """validate ... deploy on a raw snapshot; shared by the training and monitoring DAGs."""
-    val = c.validate(config_json=config_json, parent_run_id=parent_run_id, raw_snapshot=raw_snapshot)
-    cln = c.clean(config_json=config_json, parent_run_id=parent_run_id,
-                  validated=val.outputs["validated"])
+def training_subgraph(c: SimpleNamespace, config_json: str, parent_run_id, validated):
+    """clean ... deploy on a validated snapshot; shared by the training and monitoring DAGs
+    (both validate the snapshot first, the monitoring DAG before its drift checks)."""
+    cln = c.clean(config_json=config_json, parent_run_id=parent_run_id, validated=validated)
     img = c.train_image(config_json=config_json, parent_run_id=parent_run_id,
                         clean_data=cln.outputs["clean_data"])
     txt = c.train_text(config_json=config_json, parent_run_id=parent_run_id,
@@ -121,7 +120,7 @@ def training_subgraph(c: SimpleNamespace, config_json: str, parent_run_id, raw_s
     with dsl.If(ev.outputs["Output"] == True, name="promoted"):  # noqa: E712  (KFP condition)
         c.deploy(config_json=config_json, parent_run_id=parent_run_id, bundle=idx.outputs["bundle"],
                  evaluation=ev.outputs["evaluation"])
-    return SimpleNamespace(validate=val, clean=cln, train_image=img, train_text=txt,
+    return SimpleNamespace(clean=cln, train_image=img, train_text=txt,
                            train_fusion=fus, build_index=idx, evaluate=ev)
 
 
@@ -134,6 +133,8 @@ def build_training_pipeline(cfg: Config):
                               "fused TensorFlow models -> FAISS index -> evaluated, promoted champion.")
     def training(config_json: str = cfg.to_json()):
         ing = c.ingest(config_json=config_json, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
-        training_subgraph(c, config_json, ing.outputs["Output"], ing.outputs["raw_snapshot"])
+        val = c.validate(config_json=config_json, parent_run_id=ing.outputs["Output"],
+                         raw_snapshot=ing.outputs["raw_snapshot"])
+        training_subgraph(c, config_json, ing.outputs["Output"], val.outputs["validated"])
 
     return training

@@ -72,7 +72,9 @@ def test_the_monitoring_dag_checks_drift_on_cpu_then_trains_on_gpus(tmp_path):
     spec, platform = docs[0], docs[1]
     assert spec["pipelineInfo"]["name"] == "marketsearch-monitoring"
     tasks = tasks_by_stage(spec, platform)
-    # two validate tasks exist (before the checks, and in the training branch): names differ
+    # one validate, before the checks; the training branch starts from its output
+    assert "validate_2" not in tasks and tasks["validate"]["condition"] is None
+    assert tasks["clean"]["condition"] == "drifted"
     assert tasks["drift_check"]["condition"] is None
     assert tasks["train_image"]["condition"] == "drifted"
     assert tasks["deploy"]["condition"] == "promoted"
