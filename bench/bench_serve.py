@@ -12,7 +12,10 @@ photos from ``data.local_dir``. Measures, in one run:
    same requests sent one at a time over a kept-alive HTTP connection (V1 JSON), latency
    p50/p95/p99 and the ratio server / in-process;
 3. throughput at concurrency 1, 4 and 16 (client threads, one kept-alive connection each,
-   fused requests for a fixed time), with latency under load.
+   fused requests for a fixed time), with latency under load;
+4. search relevance on the same listings, as ``marketsearch evaluate`` measures it
+   (``marketsearch.evaluation.search_relevance``): each listing searched for by its photo, its
+   text and both, precision@k and top-1 of its root category among the results (itself left out).
 
 The client runs on the same 2-core machine as the server, so the concurrency figures include
 the client's own CPU use. Writes bench/reports/serve.json and serve.md.
@@ -45,18 +48,24 @@ def percentiles(ms: list[float]) -> dict:
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
 
 
-def sample_requests(data_dir: Path, n: int, seed: int) -> dict[str, list[dict]]:
-    """Real listings with a photo each -> V1 instances of the three kinds (n of each)."""
+def sample_listings(data_dir: Path, n: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:
+    """Up to n real listings (raw rows) whose first photo is on disk, and product id -> that
+    photo's id."""
     products = pd.read_csv(data_dir / "products.csv", dtype=str, keep_default_na=False)
     images = pd.read_csv(data_dir / "images.csv", dtype=str, keep_default_na=False)
     first = images.drop_duplicates("product_id").set_index("product_id")["id"]
     products = products[products["id"].isin(first.index)]
     rows = products.sample(n=min(n, len(products)), random_state=seed)
+    on_disk = [(data_dir / "images" / f"{first[pid]}.jpg").exists() for pid in rows["id"]]
+    return rows[on_disk], first
+
+
+def sample_requests(data_dir: Path, n: int, seed: int) -> dict[str, list[dict]]:
+    """Real listings with a photo each -> V1 instances of the three kinds (n of each)."""
+    rows, first = sample_listings(data_dir, n, seed)
     out: dict[str, list[dict]] = {k: [] for k in KINDS}
     for _, r in rows.iterrows():
         photo = data_dir / "images" / f"{first[r['id']]}.jpg"
-        if not photo.exists():
-            continue
         b64 = base64.b64encode(photo.read_bytes()).decode()
         text = {"product_name": r["product_name"], "product_description": r["product_description"]}
         out["text"].append({**text, "location": r["location"]})
@@ -150,6 +159,24 @@ def in_process(model_dir: Path, cfg, reqs: dict[str, list[dict]]) -> tuple[dict,
     return whole, model_only, index_only
 
 
+def search_quality(model_dir: Path, cfg, data_dir: Path, n: int, seed: int) -> dict:
+    """``search_relevance`` (the evaluate stage's figures) on the listings the requests come
+    from, cleaned as ``marketsearch evaluate`` cleans them, each with the photo it is sent with."""
+    from marketsearch.bundle import Bundle
+    from marketsearch.components.clean import clean_frames
+    from marketsearch.evaluation import search_relevance
+
+    rows, first = sample_listings(data_dir, n, seed)
+    photos = pd.DataFrame({
+        "id": [first[pid] for pid in rows["id"]], "product_id": rows["id"].tolist(),
+        "data": [(data_dir / "images" / f"{first[pid]}.jpg").read_bytes() for pid in rows["id"]]})
+    bundle = Bundle(model_dir)
+    data = clean_frames(rows, photos, cfg, image_size=bundle.image_size, remove_outliers=False,
+                        assign_split=False)
+    return search_relevance(bundle, data.products, data.images, data.pixels,
+                            cfg.evaluate.search_k)
+
+
 def main(argv=None) -> int:
     from marketsearch.config import load_config
     from marketsearch.serving.engine import resolve_bundle_dir
@@ -188,6 +215,9 @@ def main(argv=None) -> int:
                 for c in tqdm((1, 4, 16), desc="concurrency", leave=False)]
         startup_s = srv.readiness[-1][0]
 
+    # 4. search relevance on the same listings (after the server, so it times nothing)
+    search = search_quality(model_dir, cfg, Path(cfg.data.local_dir), args.requests, cfg.seed)
+
     for kind in KINDS:
         server[kind]["ratio_p50_vs_in_process"] = server[kind]["p50_ms"] / inproc[kind]["p50_ms"]
     fused = server["fused"]
@@ -198,7 +228,7 @@ def main(argv=None) -> int:
         "bundle": str(model_dir), "listings_indexed": None, "requests_per_kind": n,
         "server_ready_after_s": startup_s,
         "in_process": inproc, "model_call": model_only, "index_search": index_only,
-        "server": server, "concurrency": load,
+        "server": server, "concurrency": load, "search": search,
         "goal": {"fused_p50_ms": GOAL_P50_MS, "fused_p99_ms": GOAL_P99_MS,
                  "met": fused["p50_ms"] <= GOAL_P50_MS and fused["p99_ms"] <= GOAL_P99_MS},
     }
@@ -256,6 +286,25 @@ def markdown(r: dict) -> str:
         f"The server was ready {r['server_ready_after_s']:.1f} s after its process started.",
         "",
     ]
+    s = r.get("search")
+    if s:
+        k = s["k"]
+        lines += [
+            "## Search relevance",
+            "",
+            f"The same listings searched for in the index (k = {k}, no location, the listing "
+            "itself left out), as `marketsearch evaluate` measures it: the share of the results "
+            "in the listing's root category, and whether the first result is.",
+            "",
+            f"| query | queries | precision@{k} | top-1 |",
+            "|---|---:|---:|---:|",
+        ]
+        for mode in ("image", "text", "both"):
+            m = s[mode]
+            if m["n_queries"]:
+                lines.append(f"| {mode} | {m['n_queries']} | {m[f'precision_at_{k}']:.3f} "
+                             f"| {m['top1']:.3f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
