@@ -187,6 +187,9 @@ def main() -> None:
     clean = args.clean or runs[-1]
     DATA = data = CleanData.load(clean)
     bundle = Bundle(args.bundle)
+    from marketsearch.feature_cache import FeatureCache
+    # photos the run already saw are read back; shifted (degraded) photos are computed
+    bundle.feature_cache = FeatureCache(ROOT / "runs" / "cache" / "photo_features")
     cfg = DriftConfig()
     products = data.products
     test = products[products["split"] == "test"]

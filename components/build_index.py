@@ -46,6 +46,7 @@ def build_index(cfg: Config, clean_dir: str | Path, model_dir: str | Path, out_d
     from marketsearch.bundle import MODEL_FILES, SEEN_FILE, THUMBNAILS_FILE, Bundle
     from marketsearch.components.clean import CleanData
     from marketsearch.drift import write_reference
+    from marketsearch.feature_cache import FeatureCache
     from marketsearch.index import SearchIndex
 
     data = CleanData.load(clean_dir)
@@ -55,6 +56,7 @@ def build_index(cfg: Config, clean_dir: str | Path, model_dir: str | Path, out_d
         if (Path(model_dir) / name).exists():
             shutil.copy(Path(model_dir) / name, out_dir / name)
     bundle = Bundle(out_dir)
+    bundle.feature_cache = FeatureCache.from_config(cfg)  # train_image computed these photos
     ids, vecs = listing_embeddings(bundle, data.products, data.images, data.pixels)
     first_photo = data.images.drop_duplicates("product_id").set_index("product_id")["id"]
     meta = data.products[["id", "title", "price", "category", "location", "lat", "lon"]].copy()

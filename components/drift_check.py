@@ -45,6 +45,7 @@ def drift_check(cfg: Config, validated_dir: str | Path, champion_dir: str | Path
     from marketsearch.components.clean import clean_frames
     from marketsearch.drift import (REFERENCE_DIR, DriftInputError, check_batch, drift_png,
                                     summary_markdown)
+    from marketsearch.feature_cache import FeatureCache
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +60,8 @@ def drift_check(cfg: Config, validated_dir: str | Path, champion_dir: str | Path
                       "the drift checks): retrain to get one", n_new_listings=None)
     else:
         bundle = Bundle(champion_dir)
+        # new photos' features are cached here, so a retrain that follows reads them back
+        bundle.feature_cache = FeatureCache.from_config(cfg)
         known = indexed_ids(bundle.root) | set(considered_ids)
         fresh_p, fresh_i = new_rows(products, images, known)
         data = clean_frames(fresh_p, fresh_i, cfg, image_size=bundle.image_size,

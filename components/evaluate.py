@@ -1,10 +1,13 @@
-"""evaluate: image, text and fused models on the test pairs; champion/challenger decision.
+"""evaluate: image, text and fused models on the test pairs; search relevance; champion/challenger
+decision.
 
 The challenger is registered as a new model version whatever the outcome (MLflow keeps every
-version). The current champion, if any, is evaluated on the same test pairs, so the two
-scores are comparable; only a challenger that beats it is marked for promotion. Test pairs of
-listings the champion learned from (its bundle's ``seen_ids.json``) are left out of the
-comparison for both models.
+version). Its search is measured as buyers use it (``search_relevance``): every test listing
+is searched for in the bundle's index by photo, by text and by both, and scored on the share of
+the returned listings in its category; that is reported, not compared. The current champion,
+if any, is evaluated on the same test pairs, so the two scores are comparable; only a
+challenger that beats it is marked for promotion. Test pairs of listings the champion learned
+from (its bundle's ``seen_ids.json``) are left out of the comparison for both models.
 """
 
 import logging
@@ -19,21 +22,30 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: Config, clean_dir: str | Path, bundle_dir: str | Path, out_dir: str | Path,
              champion_dir: str | Path | None = None) -> dict:
-    """Write ``evaluation.json`` (+ champion's), ``decision.json`` and confusion-matrix PNGs."""
+    """Write ``evaluation.json`` (+ champion's), ``decision.json`` and confusion-matrix PNGs.
+
+    ``evaluation.json`` and the returned summary carry ``search``: the challenger's search
+    relevance on the test split's listings (not part of the champion comparison)."""
     from marketsearch import plots, snapshot
     from marketsearch.bundle import Bundle
     from marketsearch.components.clean import CleanData
-    from marketsearch.evaluation import MODALITIES, evaluate_pairs, headline
+    from marketsearch.evaluation import MODALITIES, evaluate_pairs, headline, search_relevance
+    from marketsearch.feature_cache import FeatureCache
     from marketsearch.metrics import compare
 
     data = CleanData.load(clean_dir)
     test = data.images[data.images["split"] == "test"]
     challenger = Bundle(bundle_dir)
+    challenger.feature_cache = FeatureCache.from_config(cfg)  # photos seen in training: read back
     result = evaluate_pairs(challenger, data.products, test, data.pixels)
+    test_listings = data.products[data.products["split"] == "test"]
+    result["search"] = search_relevance(challenger, test_listings, test, data.pixels,
+                                        cfg.evaluate.search_k)
     challenger_scores, champion = result["fusion"], None
     fair = {"n_test_pairs": len(test), "n_seen_by_champion": 0}
     if champion_dir is not None:
         champion_bundle = Bundle(champion_dir)
+        champion_bundle.feature_cache = challenger.feature_cache  # keyed by its own weights
         fair_test, fair = unseen_by(champion_bundle, test)
         if len(fair_test):
             champion = evaluate_pairs(champion_bundle, data.products, fair_test, data.pixels)
@@ -57,7 +69,8 @@ def evaluate(cfg: Config, clean_dir: str | Path, bundle_dir: str | Path, out_dir
         plots.confusion_matrix_png(result[m]["confusion_matrix"], labels, out_dir / f"confusion_{m}.png",
                                    f"{m} model on the test pairs (accuracy {result[m]['accuracy']:.3f})")
     summary = {"headline": headline(result), "decision": decision,
-               "champion": headline(champion) if champion else None}
+               "champion": headline(champion) if champion else None,
+               "search": result["search"]}
     log.info("evaluate: %s", summary)
     return summary
 
@@ -99,6 +112,7 @@ def evaluate_component(config_json: str, parent_run_id: str, clean_data: dsl.Inp
     from marketsearch import registry, tracking
     from marketsearch.components.evaluate import evaluate
     from marketsearch.config import Config
+    from marketsearch.evaluation import search_metrics
     from marketsearch.reports import html_page
 
     cfg = Config.from_json(config_json)
@@ -114,6 +128,10 @@ def evaluate_component(config_json: str, parent_run_id: str, clean_data: dsl.Inp
             for key, value in head[modality].items():
                 mlflow.log_metric(f"test.{modality}.{key}", value)
                 metrics.log_metric(f"{modality}_{key}", value)
+        for mode, figures in search_metrics(summary["search"]).items():
+            for key, value in figures.items():
+                mlflow.log_metric(f"search.{mode}.{key}", value)
+                metrics.log_metric(f"search_{mode}_{key}", value)
         decision = summary["decision"]
         mlflow.log_metrics({"decision.promote": float(decision["promote"]),
                             "decision.challenger_score": decision["challenger_score"]})

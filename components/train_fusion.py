@@ -24,7 +24,9 @@ def train_fusion(cfg: Config, clean_dir: str | Path, image_dir: str | Path, text
     import marketsearch.models  # noqa: F401  custom layers
     from marketsearch.bundle import META, pair_arrays
     from marketsearch.components.clean import CleanData
+    from marketsearch.feature_cache import FeatureCache
     from marketsearch.models.fusion import assemble_fused_model, embedding_model, train_fusion_head
+    from marketsearch.models.image import features_model, head_from_features
     from marketsearch.models.text import prepare_text_input, text_input_kind
     from marketsearch.tracking import training_summary
 
@@ -39,7 +41,11 @@ def train_fusion(cfg: Config, clean_dir: str | Path, image_dir: str | Path, text
     vocab = json.loads((Path(text_dir) / "vocab.json").read_text())
     kind = text_input_kind(text_model)
     max_len = cfg.text_model.max_len
-    image_emb_model, text_emb_model = embedding_model(image_model), embedding_model(text_model)
+    # Photo embeddings from the cached backbone features (train_image computed them) through
+    # the photo model's head; the text model runs whole.
+    cache = FeatureCache.from_config(cfg)
+    photo_features, image_emb_model = features_model(image_model), head_from_features(image_model, "embedding")
+    text_emb_model = embedding_model(text_model)
     index = {c: i for i, c in enumerate(labels)}
 
     def split_inputs(split: str):
@@ -50,7 +56,8 @@ def train_fusion(cfg: Config, clean_dir: str | Path, image_dir: str | Path, text
                                  & ~data.products["id"].isin(data.images["product_id"])]
         texts = texts + no_photo["text"].tolist()
         cats = cats + no_photo["category"].tolist()
-        img_e = image_emb_model.predict(pixels, batch_size=256, verbose=0) if len(pixels) else \
+        feats = cache.features(photo_features, pixels, desc=f"photo features ({split})")
+        img_e = image_emb_model.predict(feats, batch_size=256, verbose=0) if len(pixels) else \
             np.zeros((0, image_emb_model.output_shape[-1]), np.float32)
         img_e = np.concatenate([img_e, np.zeros((len(no_photo), img_e.shape[1]), np.float32)])
         txt_e = text_emb_model.predict(prepare_text_input(texts, kind, vocab, max_len),
@@ -78,7 +85,8 @@ def train_fusion(cfg: Config, clean_dir: str | Path, image_dir: str | Path, text
             "max_len": max_len, "image_backbone": cfg.image_model.backbone,
             "text_encoder": cfg.text_model.encoder, "embedding_dim": cfg.fusion.embedding_dim}
     (out_dir / META).write_text(json.dumps(meta, indent=2))
-    result = training_summary(history, n_train=len(y_tr), n_val=len(y_va))
+    result = {**training_summary(history, n_train=len(y_tr), n_val=len(y_va)),
+              **cache.stats.as_dict(), "fusion_choice": history.get("choice", "blend")}
     log.info("train_fusion: %s", result)
     return result
 

@@ -1,4 +1,5 @@
-"""train_image: the photo CNN (small CNN locally, keras.applications backbone on the GPU nodes)."""
+"""train_image: the photo model (ImageNet EfficientNet-Lite0: head on cached features, then
+optionally its top blocks fine-tuned on the GPU nodes)."""
 
 import json
 import logging
@@ -16,6 +17,7 @@ def train_image(cfg: Config, clean_dir: str | Path, out_dir: str | Path) -> dict
     import numpy as np
 
     from marketsearch.components.clean import CleanData
+    from marketsearch.feature_cache import FeatureCache
     from marketsearch.models.image import train_image_model
     from marketsearch.tracking import training_summary
 
@@ -26,14 +28,16 @@ def train_image(cfg: Config, clean_dir: str | Path, out_dir: str | Path) -> dict
     rows = data.images["row"].to_numpy()
     train = (data.images["split"] == "train").to_numpy()
     val = (data.images["split"] == "val").to_numpy()
+    cache = FeatureCache.from_config(cfg)
     model, history = train_image_model(data.pixels[rows[train]], y[train], data.pixels[rows[val]], y[val],
-                                       len(labels), cfg.image_model, cfg.seed)
+                                       len(labels), cfg.image_model, cfg.seed, cache=cache)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "image.keras")
     (out_dir / "history.json").write_text(json.dumps(history, default=float))
     (out_dir / "labels.json").write_text(json.dumps(labels))
-    result = training_summary(history, n_train=train.sum(), n_val=val.sum())
+    result = {**training_summary(history, n_train=train.sum(), n_val=val.sum()),
+              **history.get("features", {})}
     log.info("train_image: %s", result)
     return result
 

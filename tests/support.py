@@ -26,7 +26,7 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gumtree_small"
 # Small and fast: a bundle in ~20 s on two cores (its accuracy is not the point).
 TINY = {
     "clean": {"image_size": 32, "thumbnail_size": 48},
-    "image_model": {"epochs": 2, "batch_size": 32},
+    "image_model": {"epochs": 2, "batch_size": 32, "input_size": 64},
     "text_model": {"epochs": 3, "max_len": 48, "word2vec": {"epochs": 2}},
     "fusion": {"epochs": 3},
 }

@@ -120,59 +120,125 @@ class Bundle:
         return pixels.astype(np.uint8, copy=False)
 
     # --- inference ---------------------------------------------------------------------------
-    def _compiled(self, per_modality: bool):
-        """The fused model (with ``per_modality`` also the photo and text models) traced once as
-        a TensorFlow function over a variable batch size. Calling a Keras model eagerly or
-        through ``predict`` costs ~40 ms of overhead per call; the traced function ~3 ms for the
-        whole fused + per-modality forward pass of one item on this machine's CPU."""
-        key = "_fn_all" if per_modality else "_fn_fused"
+    @cached_property
+    def parts(self):
+        """(image_features, from_features) nested models of the fused model, or None for a
+        bundle made before the fused model was split that way (it runs whole)."""
+        from marketsearch.models.fusion import FROM_FEATURES
+        from marketsearch.models.image import FEATURES_LAYER
+
+        names = {layer.name for layer in self.fused_model.layers}
+        if not {FEATURES_LAYER, FROM_FEATURES} <= names:
+            return None
+        return self.fused_model.get_layer(FEATURES_LAYER), self.fused_model.get_layer(FROM_FEATURES)
+
+    feature_cache = None  # a FeatureCache: batch work reuses photo features across runs
+
+    def photo_features(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Pooled backbone features of uint8 photos, read from ``feature_cache`` where a photo
+        was seen before (batch work: index build, evaluation), computed otherwise."""
+        from marketsearch.feature_cache import traced_features
+
+        model = self.parts[0]
+        pixels = self.image_batch(pixels, len(pixels))
+        if "_fn_features" not in self.__dict__:
+            self.__dict__["_fn_features"] = traced_features(model)
+        compute = self.__dict__["_fn_features"]
+        if self.feature_cache is not None:
+            return self.feature_cache.features(model, pixels, compute=compute,
+                                               batch_size=batch_size)
+        if not len(pixels):
+            return np.zeros((0, int(model.output.shape[-1])), np.float32)
+        return np.concatenate([compute(pixels[i:i + batch_size])
+                               for i in range(0, len(pixels), batch_size)])
+
+    def _traced(self, key: str, model, spec):
         if key not in self.__dict__:
             import tensorflow as tf
 
-            fused = self.fused_model
-            image, text = (self.image_model, self.text_model) if per_modality else (None, None)
-            spec = {t.name: tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in fused.inputs}
-
             @tf.function(input_signature=[spec])
             def forward(x):
-                out = fused(x, training=False)
-                result = {"probs": out["probs"], "fused_embedding": out["fused_embedding"]}
-                if image is not None:
-                    result["image_probs"] = image(x["image"], training=False)
-                    result["text_probs"] = text(x["text"], training=False)
-                return result
+                return model(x, training=False)
 
             self.__dict__[key] = forward
         return self.__dict__[key]
 
+    def _compiled(self, per_modality: bool):
+        """The fused model traced once as a TensorFlow function over a variable batch size.
+        Calling a Keras model eagerly or through ``predict`` costs ~40 ms of overhead per call;
+        the traced function a few ms for one item on this machine's CPU.
+
+        A bundle whose fused model is split (``parts``) returns the photo and text models'
+        probabilities from the same pass; an older one runs them beside it."""
+        import tensorflow as tf
+
+        fused = self.fused_model
+        spec = {t.name: tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in fused.inputs}
+        if self.parts is not None or not per_modality:
+            return self._traced("_fn_fused", fused, spec)
+        key = "_fn_all"
+        if key not in self.__dict__:
+            image, text = self.image_model, self.text_model
+
+            @tf.function(input_signature=[spec])
+            def forward(x):
+                out = dict(fused(x, training=False))
+                out["image_probs"] = image(x["image"], training=False)
+                out["text_probs"] = text(x["text"], training=False)
+                return out
+
+            self.__dict__[key] = forward
+        return self.__dict__[key]
+
+    def _from_features(self):
+        import tensorflow as tf
+
+        model = self.parts[1]
+        spec = {t.name: tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in model.inputs}
+        return self._traced("_fn_from_features", model, spec)
+
     def predict(self, texts: list[str] | None, pixels: np.ndarray | None,
                 has_text: np.ndarray | None = None, has_image: np.ndarray | None = None,
-                per_modality: bool = True, batch_size: int = 256) -> Predictions:
+                per_modality: bool = True, batch_size: int = 256,
+                image_features: np.ndarray | None = None) -> Predictions:
         """Classify and embed N items. ``texts`` (listing_text strings) or ``pixels`` may be None;
         the presence flags mark per item which modality it has (default: all that are given).
+        ``image_features`` (from ``photo_features``) stand in for ``pixels`` when given.
 
         Training-time evaluation, the index build and the server all call this, so an item is
-        preprocessed and run through the same traced function wherever it is seen."""
-        n = len(texts) if texts is not None else len(pixels)
+        preprocessed and run through the same traced function wherever it is seen. Photos go
+        through ``feature_cache`` when it is set (batch work: index build, evaluation)."""
+        n = (len(texts) if texts is not None
+             else len(pixels) if pixels is not None else len(image_features))
         has_text = np.ones(n, np.float32) if has_text is None else np.asarray(has_text, np.float32)
         has_image = np.ones(n, np.float32) if has_image is None else np.asarray(has_image, np.float32)
+        photos_given = pixels is not None or image_features is not None
         if texts is None:
             has_text = np.zeros(n, np.float32)
-        if pixels is None:
+        if not photos_given:
             has_image = np.zeros(n, np.float32)
         text_x = self.text_batch(texts if texts is not None else [""] * n)
-        image_x = self.image_batch(pixels, n)
-        forward = self._compiled(per_modality)
+        if self.parts is not None:
+            if image_features is None:
+                if pixels is not None:
+                    image_features = self.photo_features(pixels, batch_size)
+                else:
+                    image_features = np.zeros((n, int(self.parts[0].output.shape[-1])), np.float32)
+            forward = self._from_features()
+            inputs = {"image_features": np.asarray(image_features, np.float32), "text": text_x}
+        else:
+            forward = self._compiled(per_modality)
+            inputs = {"image": self.image_batch(pixels, n), "text": text_x}
         chunks: dict[str, list[np.ndarray]] = {}
         for start in range(0, n, batch_size):
             end = start + batch_size
-            out = forward({"image": image_x[start:end], "text": text_x[start:end],
-                           "image_present": has_image[start:end, None],
+            batch = {k: v[start:end] for k, v in inputs.items()}
+            out = forward({**batch, "image_present": has_image[start:end, None],
                            "text_present": has_text[start:end, None]})
             for name, value in out.items():
                 chunks.setdefault(name, []).append(value.numpy())
         out = {name: np.concatenate(parts) for name, parts in chunks.items()}
-        return Predictions(out.get("image_probs") if pixels is not None else None,
+        return Predictions(out.get("image_probs") if photos_given else None,
                            out.get("text_probs") if texts is not None else None,
                            out["probs"], out["fused_embedding"])
 

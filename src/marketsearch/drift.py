@@ -142,14 +142,20 @@ _EMBEDDERS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
 def _embedder(bundle, which: str):
-    """``embedding_model(bundle.<which>_model)`` traced once per bundle as a tf.function."""
+    """``embedding_model(bundle.<which>_model)`` traced once per bundle as a tf.function; for
+    photos of a bundle whose fused model is split (``Bundle.parts``), the photo model's head
+    from pooled backbone features (``_embed`` gets those through the bundle's feature cache)."""
     cache = _EMBEDDERS.setdefault(bundle, {})
     if which not in cache:
         import tensorflow as tf
 
         from marketsearch.models.fusion import embedding_model
+        from marketsearch.models.image import head_from_features
 
-        model = embedding_model(bundle.image_model if which == "image" else bundle.text_model)
+        if which == "image" and bundle.parts is not None:
+            model = head_from_features(bundle.image_model, "embedding")
+        else:
+            model = embedding_model(bundle.image_model if which == "image" else bundle.text_model)
         spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), model.inputs[0].dtype)
         cache[which] = tf.function(lambda x: model(x, training=False), input_signature=[spec])
     return cache[which]
@@ -157,6 +163,8 @@ def _embedder(bundle, which: str):
 
 def _embed(bundle, which: str, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     fn = _embedder(bundle, which)
+    if which == "image" and bundle.parts is not None:
+        x = bundle.photo_features(x, batch_size)
     parts = [fn(x[i:i + batch_size]).numpy() for i in range(0, len(x), batch_size)]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
 

