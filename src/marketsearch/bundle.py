@@ -221,7 +221,12 @@ class Bundle:
         if self.parts is not None:
             if image_features is None:
                 if pixels is not None:
-                    image_features = self.photo_features(pixels, batch_size)
+                    # the backbone runs only for the items that have a photo
+                    image_features = np.zeros((n, int(self.parts[0].output.shape[-1])), np.float32)
+                    with_photo = np.flatnonzero(has_image > 0)
+                    if len(with_photo):
+                        image_features[with_photo] = self.photo_features(pixels[with_photo],
+                                                                         batch_size)
                 else:
                     image_features = np.zeros((n, int(self.parts[0].output.shape[-1])), np.float32)
             forward = self._from_features()
