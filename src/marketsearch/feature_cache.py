@@ -32,12 +32,29 @@ def photo_keys(pixels: np.ndarray) -> list[str]:
     return [hashlib.blake2b(shape + p.tobytes(), digest_size=16).hexdigest() for p in pixels]
 
 
+def _structure(model) -> str:
+    """What a model computes, apart from its weights: each layer's class and settings (a
+    resize's size, a scaling's mode, a convolution's stride), without names or trainable
+    flags, so a model built in one process and loaded from a file in another agree."""
+    import json
+
+    layers = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if hasattr(layer, "layers"):  # a nested model: its layers are listed themselves
+            continue
+        settings = {k: v for k, v in layer.get_config().items()
+                    if k not in ("name", "trainable", "dtype") and
+                    isinstance(v, (int, float, str, bool, list, tuple, type(None)))}
+        layers.append([type(layer).__name__, settings])
+    return json.dumps(layers, sort_keys=True, default=str)
+
+
 def model_key(model) -> str:
-    """A hash of a Keras model's weights and input shape: what its features depend on."""
+    """A hash of a Keras model's structure (``_structure``) and weights: what its features
+    depend on."""
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(repr(tuple(model.inputs[0].shape[1:])).encode())
+    digest.update(_structure(model).encode())
     for weight in model.weights:
-        digest.update(weight.path.encode() if hasattr(weight, "path") else b"")
         digest.update(np.ascontiguousarray(np.asarray(weight.numpy())).tobytes())
     return f"{model.name}-{digest.hexdigest()}"
 

@@ -73,6 +73,21 @@ def test_other_backbone_weights_never_read_another_backbones_features(tmp_path):
     np.testing.assert_allclose(out, b.predict(photos.astype("float32"), verbose=0), rtol=1e-5)
 
 
+def test_the_same_weights_at_another_input_size_is_another_key():
+    """A resize inside the model has no weights: the key must still tell 160 from 224 px."""
+    def resized(size):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, 3), name="photo")
+        x = keras.layers.Resizing(size, size, name="resize")(inputs)
+        x = keras.layers.Conv2D(4, 3, name="conv")(x)
+        return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name="image_features")
+
+    a, b = resized(12), resized(16)
+    b.get_layer("conv").set_weights(a.get_layer("conv").get_weights())
+    assert model_key(a) != model_key(b)
+    assert model_key(a) == model_key(resized(12))
+
+
 def test_repeated_photos_are_computed_once_and_no_cache_stores_nothing(tmp_path):
     model = _features_model()
     photos = np.concatenate([_photos(3), _photos(3)])  # each photo twice
@@ -92,3 +107,23 @@ def test_an_unreadable_part_is_skipped_not_fatal(tmp_path):
     compute = CountingCompute(model)
     FeatureCache(tmp_path).features(model, photos, compute=compute)
     assert compute.photos == 0
+
+
+def test_a_photo_model_loaded_from_its_file_has_the_key_it_was_trained_with(tmp_path):
+    """train_image caches with the model it built; train_fusion, build_index and evaluate read
+    with the model loaded from the saved file: the keys must agree, and differ by input size."""
+    from marketsearch.config import ImageModelConfig
+    from marketsearch.models.image import build_image_model, features_model
+
+    cfg = ImageModelConfig(backbone="small_cnn", weights=None, input_size=24)
+    model = build_image_model(3, cfg, 16)
+    features = features_model(model)
+    features.trainable = False  # as in stage 1
+    model.save(tmp_path / "image.keras")
+    loaded = keras.models.load_model(tmp_path / "image.keras", compile=False)
+    assert model_key(features_model(loaded)) == model_key(features)
+    other = build_image_model(3, cfg.model_copy(update={"input_size": 32}), 16)
+    other_features = features_model(other)
+    for a, b in zip(other_features.weights, features.weights):
+        a.assign(b)
+    assert model_key(other_features) != model_key(features)
