@@ -6,10 +6,12 @@ reference is versioned, registered and deployed with the model it describes:
     reference/reference.json   statistics: category counts, price and text-length samples,
                                out-of-vocabulary rate, sample sizes, seed, provenance
     reference/embeddings.npz   photo and text embedding samples (the bundle's own image and
-                               text models' "embedding" layers)
+                               text models' "embedding" layers) and the photo-luminance sample
+                               (key "photo_brightness"; references saved before that check
+                               lack it, and the check then skips, saying so)
 
 The monitoring pipeline summarises a new batch with the same function (``summarize``; the
-batch's summary is a ``Reference`` too), then ``run_checks(reference, current, cfg)`` runs six
+batch's summary is a ``Reference`` too), then ``run_checks(reference, current, cfg)`` runs seven
 checks, each a dict ``{"name", "statistic", "threshold", "p_value", "drift", "detail", ...}``:
 
     category_mix      chi-square goodness of fit of the batch's root categories against the
@@ -20,6 +22,9 @@ checks, each a dict ``{"name", "statistic", "threshold", "p_value", "drift", "de
     oov_rate          batch out-of-vocabulary rate minus the reference's
     photo_embedding   MMD (RBF kernel) between photo embeddings, permutation p-value
     text_embedding    the same between listing-text embeddings
+    photo_brightness  two-sample KS on per-photo mean luminance (0.299 R + 0.587 G + 0.114 B,
+                      0-255): the ImageNet photo model's embeddings are built to ignore
+                      brightness, so photos that got darker (or brighter) need a check of their own
 
 ``drift`` is true when any check fires. The p-value tests share one family-wise ``alpha``
 (Bonferroni: each test gets alpha / number of p-value tests), so a batch from the training
@@ -52,10 +57,13 @@ STATS_FILE = "reference.json"
 EMBEDDINGS_FILE = "embeddings.npz"
 FORMAT_VERSION = 1
 CHECKS = ("category_mix", "price", "text_length", "oov_rate", "photo_embedding",
-          "text_embedding")
+          "text_embedding", "photo_brightness")
 # Checks decided by a p-value (they share the family-wise alpha); oov_rate is a plain
 # threshold on an absolute difference.
-P_VALUE_CHECKS = ("category_mix", "price", "text_length", "photo_embedding", "text_embedding")
+P_VALUE_CHECKS = ("category_mix", "price", "text_length", "photo_embedding", "text_embedding",
+                  "photo_brightness")
+# ITU-R BT.601 luma weights of R, G, B: a photo's brightness is the mean over its pixels.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 
 class DriftInputError(ValueError):
@@ -67,9 +75,12 @@ class DriftInputError(ValueError):
 class Reference:
     """A summary of a set of listings (the training split, or a new batch).
 
-    ``price_sample`` and ``text_lengths`` hold at most ``DriftConfig.sample_size`` values,
+    ``price_sample``, ``text_lengths`` and ``photo_brightness`` (per-photo mean luminance,
+    0-255, see ``mean_luminance``) hold at most ``DriftConfig.sample_size`` values,
     ``photo_embeddings`` and ``text_embeddings`` at most ``DriftConfig.embedding_rows`` rows
-    (one photo, one text per listing), each a seeded random sample; ``category_counts`` and ``oov_rate`` cover every listing."""
+    (one photo, one text per listing), each a seeded random sample; ``category_counts`` and
+    ``oov_rate`` cover every listing. An empty ``photo_brightness`` with photos means a
+    reference saved before the photo_brightness check (its check then skips)."""
     n_listings: int
     n_photos: int
     category_counts: dict[str, int]
@@ -78,6 +89,7 @@ class Reference:
     oov_rate: float | None
     photo_embeddings: np.ndarray
     text_embeddings: np.ndarray
+    photo_brightness: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     meta: dict[str, Any] = field(default_factory=dict)
 
     # --- reading and writing ---------------------------------------------------------------
@@ -94,12 +106,14 @@ class Reference:
             "text_lengths": [int(v) for v in self.text_lengths],
             "text_length_quantiles": _quantiles(self.text_lengths),
             "oov_rate": None if self.oov_rate is None else float(self.oov_rate),
+            "photo_brightness_quantiles": _quantiles(self.photo_brightness),
             "meta": self.meta,
         }
         (directory / STATS_FILE).write_text(json.dumps(stats, indent=1))
         np.savez_compressed(directory / EMBEDDINGS_FILE,
                             photo=self.photo_embeddings.astype(np.float32),
-                            text=self.text_embeddings.astype(np.float32))
+                            text=self.text_embeddings.astype(np.float32),
+                            photo_brightness=np.asarray(self.photo_brightness, np.float32))
         return directory
 
     @classmethod
@@ -121,12 +135,17 @@ class Reference:
                              f"{FORMAT_VERSION}")
         with np.load(directory / EMBEDDINGS_FILE) as npz:
             photo, text = npz["photo"], npz["text"]
+            # absent from references saved before the photo_brightness check (same format:
+            # the check skips on them, saying so)
+            brightness = (npz["photo_brightness"] if "photo_brightness" in npz.files
+                          else np.zeros(0, np.float32))
         return cls(n_listings=stats["n_listings"], n_photos=stats["n_photos"],
                    category_counts=dict(stats["category_counts"]),
                    price_sample=np.asarray(stats["price_sample"], dtype=float),
                    text_lengths=np.asarray(stats["text_lengths"], dtype=np.int64),
                    oov_rate=stats["oov_rate"], photo_embeddings=photo,
-                   text_embeddings=text, meta=stats.get("meta", {}))
+                   text_embeddings=text, photo_brightness=brightness,
+                   meta=stats.get("meta", {}))
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float] | None:
@@ -174,13 +193,38 @@ def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=k, replace=False)) if n > k else np.arange(n)
 
 
+def mean_luminance(pixels: np.ndarray, rows: np.ndarray | None = None,
+                   chunk: int = 256) -> np.ndarray:
+    """Per-photo mean luminance, 0-255: 0.299 R + 0.587 G + 0.114 B averaged over the pixels
+    of each uint8 photo ``pixels[rows]`` (all of them without ``rows``) -> float32 [len(rows)].
+
+    Chunk by chunk (``pixels`` may be a memory map of ~10k 128x128x3 photos): each chunk's
+    channel sums are exact integers, so no float copy of the pixels is made. Photos without
+    three colour channels ([n, h, w] or [n, h, w, 1]) count as grey; a fourth (alpha)
+    channel is ignored."""
+    rows = np.arange(len(pixels)) if rows is None else np.asarray(rows, dtype=np.int64)
+    out = np.empty(len(rows), np.float64)
+    for start in range(0, len(rows), chunk):
+        block = np.asarray(pixels[rows[start:start + chunk]])
+        if block.ndim == 4 and block.shape[-1] >= 3:
+            sums = block[..., :3].sum(axis=(1, 2), dtype=np.int64)  # [n, 3]
+            n_pixels = block.shape[1] * block.shape[2]
+            out[start:start + len(block)] = (sums @ LUMA_WEIGHTS) / n_pixels
+        else:
+            flat = block.reshape(len(block), -1)
+            out[start:start + len(block)] = (flat.sum(axis=1, dtype=np.int64)
+                                             / max(flat.shape[1], 1))
+    return out.astype(np.float32)
+
+
 def summarize(bundle, products, images, pixels: np.ndarray | None, cfg: DriftConfig,
               seed: int, role: str = "batch", model_rows: tuple | None = None) -> Reference:
     """The summary of clean listings the checks compare, computed the same way for the
     reference (``build_reference``) and for a new batch (``current_statistics``).
 
     ``products``: clean listings (columns text, price, category); ``images``: their clean
-    photos (columns product_id, row), ``pixels[images.row]`` the photo's uint8 pixels.
+    photos (columns product_id, row), ``pixels[images.row]`` the photo's uint8 pixels (their
+    mean luminance is a data statistic, of ``images``).
     ``model_rows`` (products, images): take the model-dependent parts (OOV rate, photo and
     text embeddings) from these listings instead (the reference's held-out split, see
     ``build_reference``). Samples are seeded by ``seed``; embeddings come from the bundle's
@@ -218,6 +262,13 @@ def summarize(bundle, products, images, pixels: np.ndarray | None, cfg: DriftCon
         photo_emb = _embed(bundle, "image", bundle.image_batch(pixels[photo_rows], len(photo_rows)))
     else:
         photo_emb = np.zeros((0, 0), np.float32)
+    # Drawn after the other samples, so that those stay what they were before this statistic.
+    if images is not None and len(images) and pixels is not None:
+        all_rows = images["row"].to_numpy()
+        chosen = all_rows[_sample(len(all_rows), cfg.sample_size, rng)]
+        brightness = mean_luminance(pixels, chosen)
+    else:
+        brightness = np.zeros(0, np.float32)
     meta = {"role": role, "seed": int(seed),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "sample_size": cfg.sample_size, "embedding_rows": cfg.embedding_rows,
@@ -227,7 +278,8 @@ def summarize(bundle, products, images, pixels: np.ndarray | None, cfg: DriftCon
             "vocab_size": len(vocab), "seconds": round(time.perf_counter() - start, 2)}
     ref = Reference(n_listings=n, n_photos=n_photos, category_counts=category_counts,
                     price_sample=price_sample, text_lengths=text_lengths, oov_rate=oov,
-                    photo_embeddings=photo_emb, text_embeddings=text_emb, meta=meta)
+                    photo_embeddings=photo_emb, text_embeddings=text_emb,
+                    photo_brightness=brightness, meta=meta)
     log.info("drift: %s summary of %d listings, %d photos in %.1fs", role, n, n_photos,
              meta["seconds"])
     return ref
@@ -244,16 +296,16 @@ def build_reference(bundle, products, images, pixels: np.ndarray | None, cfg: Dr
     """The reference a training run saves (``save`` it to ``<bundle>/reference``).
 
     ``products`` / ``images``: the run's clean data. With a "split" column, the data
-    statistics (category counts, prices, text lengths) come from the listings the model
-    learned from (``cfg.reference_splits``, the training split) and the model-dependent ones
-    (OOV rate, photo and text embeddings) from held-out listings (``cfg.holdout_splits``,
-    the validation split; empty: the reference splits too). Why: the model has fitted its own
-    training rows. On the shared listings the text model's embeddings of its training texts
-    differ from its embeddings of any unseen texts (MMD permutation p = 0.005, the minimum,
-    for 8 of 8 in-distribution test batches of 500), and the vocabulary, built from the
-    training texts, covers them better than any new text (OOV rate 0.035 on train, 0.070 on
-    val, 0.075 on test): a training-split baseline would flag every batch. Without a
-    "split" column every row serves for both."""
+    statistics (category counts, prices, text lengths, photo luminance) come from the
+    listings the model learned from (``cfg.reference_splits``, the training split) and the
+    model-dependent ones (OOV rate, photo and text embeddings) from held-out listings
+    (``cfg.holdout_splits``, the validation split; empty: the reference splits too). Why:
+    the model has fitted its own training rows. On the shared listings the text model's
+    embeddings of its training texts differ from its embeddings of any unseen texts (MMD
+    permutation p = 0.005, the minimum, for 8 of 8 in-distribution test batches of 500), and
+    the vocabulary, built from the training texts, covers them better than any new text (OOV
+    rate 0.035 on train, 0.070 on val, 0.075 on test): a training-split baseline would flag
+    every batch. Without a "split" column every row serves for both."""
     if "split" not in products.columns:
         return summarize(bundle, products, images, pixels, cfg, seed, role="reference")
     data_p, data_i = _rows_of(products, images, cfg.reference_splits)
@@ -406,6 +458,34 @@ def text_length_check(reference: Reference, current: Reference, alpha: float,
     return _result("text_length", ks.statistic, alpha, ks.pvalue, drift, detail, score)
 
 
+def photo_brightness_check(reference: Reference, current: Reference, alpha: float,
+                           ks_min_statistic: float = 0.0) -> dict:
+    """Two-sample KS on per-photo mean luminance (0-255); drift when p < ``alpha`` and
+    D >= ``ks_min_statistic``. The photo embedding check misses a plain change of exposure:
+    the ImageNet photo model is trained to be robust to brightness. A reference saved before
+    this check holds no luminance sample: the check skips, saying so."""
+    from scipy.stats import ks_2samp
+
+    ref, cur = reference.photo_brightness, current.photo_brightness
+    if len(ref) == 0:
+        why = ("the reference predates the photo_brightness check (no photo luminance sample "
+               "in its embeddings.npz; the next training run's reference has one)"
+               if reference.n_photos else "the reference has no photos")
+        return _result("photo_brightness", 0.0, alpha, None, False, f"skipped: {why}", 0.0)
+    if len(cur) == 0:
+        return _result("photo_brightness", 0.0, alpha, None, False,
+                       "skipped: the batch has no photos", 0.0)
+    ks = ks_2samp(ref, cur)
+    drift = bool(ks.pvalue < alpha and ks.statistic >= ks_min_statistic)
+    ref_med, cur_med = float(np.median(ref)), float(np.median(cur))
+    detail = (f"KS D {ks.statistic:.3f} (min {ks_min_statistic:g}); median luminance "
+              f"{ref_med:.0f} -> {cur_med:.0f}")
+    score = min(_p_score(ks.pvalue, alpha),
+                ks.statistic / ks_min_statistic if ks_min_statistic > 0 else math.inf)
+    return _result("photo_brightness", ks.statistic, alpha, ks.pvalue, drift, detail, score,
+                   reference_median=ref_med, batch_median=cur_med)
+
+
 def oov_check(reference: Reference, current: Reference, max_increase: float) -> dict:
     """Drift when the batch's out-of-vocabulary rate exceeds the reference's by more than
     ``max_increase`` (absolute, e.g. 0.05 = five more unknown tokens per hundred)."""
@@ -485,7 +565,7 @@ def per_test_alpha(cfg: DriftConfig) -> float:
 
 def check_size(n_listings: int, cfg: DriftConfig, what: str = "batch") -> None:
     """Raise DriftInputError when a batch has too few listings for the tests to mean anything.
-    (Too few photos skips only the photo check: see ``run_checks``.)"""
+    (Too few photos skips only the photo checks: see ``run_checks``.)"""
     if n_listings < cfg.min_listings:
         raise DriftInputError(
             f"the {what} has {n_listings} listing(s); the drift checks need at least "
@@ -498,11 +578,17 @@ def run_checks(reference: Reference, current: Reference, cfg: DriftConfig,
     "fired": [names], "alpha_per_test", "n_listings", "n_photos", "seconds"}.
 
     Raises DriftInputError when the batch is smaller than ``cfg.min_listings`` listings. With
-    fewer than ``cfg.min_photos`` photos the photo check is skipped, saying why, and the
-    others run."""
+    fewer than ``cfg.min_photos`` photos the photo checks (photo_embedding, photo_brightness)
+    are skipped, saying why, and the others run."""
     check_size(current.n_listings, cfg)
     start = time.perf_counter()
     alpha = per_test_alpha(cfg)
+
+    def too_few_photos(name: str) -> dict:
+        return _result(name, 0.0, alpha, None, False,
+                       f"skipped: the batch has {current.n_photos} photo(s), fewer than "
+                       f"drift.min_photos ({cfg.min_photos})", 0.0)
+
     runners = {
         "category_mix": lambda: category_check(reference, current, alpha, cfg.category_min_tvd),
         "price": lambda: price_check(reference, current, alpha, cfg.price_psi_threshold,
@@ -513,12 +599,13 @@ def run_checks(reference: Reference, current: Reference, cfg: DriftConfig,
         "photo_embedding": lambda: embedding_check(
             "photo_embedding", reference.photo_embeddings, current.photo_embeddings, alpha,
             cfg.mmd_permutations, cfg.mmd_max_rows, seed) if current.n_photos >= cfg.min_photos
-        else _result("photo_embedding", 0.0, alpha, None, False,
-                     f"skipped: the batch has {current.n_photos} photo(s), fewer than "
-                     f"drift.min_photos ({cfg.min_photos})", 0.0),
+        else too_few_photos("photo_embedding"),
         "text_embedding": lambda: embedding_check(
             "text_embedding", reference.text_embeddings, current.text_embeddings, alpha,
             cfg.mmd_permutations, cfg.mmd_max_rows, seed + 1),
+        "photo_brightness": lambda: photo_brightness_check(
+            reference, current, alpha, cfg.photo_brightness_min_ks)
+        if current.n_photos >= cfg.min_photos else too_few_photos("photo_brightness"),
     }
     checks = {name: runners[name]() for name in CHECKS if name in cfg.checks}
     fired = [name for name, r in checks.items() if r["drift"]]
@@ -570,10 +657,11 @@ def summary_markdown(result: Mapping, title: str = "Drift checks") -> str:
         detail = str(r["detail"]).replace("|", "\\|")
         lines.append(f"| {name} | {_fmt(r['statistic'])} | {_fmt(r['threshold'])} | "
                      f"{_fmt(r['p_value'])} | {verdict} | {detail} |")
-    lines += ["", "Thresholds: category_mix, text_length and the embedding checks fire when "
-              "p < the threshold (alpha per test); price when PSI > its threshold and its KS "
-              "p-value < alpha per test; oov_rate when the rise in OOV rate exceeds its "
-              "threshold."]
+    lines += ["", "Thresholds: category_mix, text_length, photo_brightness and the embedding "
+              "checks fire when p < the threshold (alpha per test; category_mix, text_length "
+              "and photo_brightness also need an effect size above a floor, see the detail); "
+              "price when PSI > its threshold and its KS p-value < alpha per test; oov_rate "
+              "when the rise in OOV rate exceeds its threshold."]
     return "\n".join(lines) + "\n"
 
 
@@ -585,4 +673,6 @@ def drift_png(reference: Reference, current: Reference, result: Mapping, path: s
     return plots.drift_png(reference.category_counts, current.category_counts,
                            reference.price_sample, current.price_sample,
                            reference.text_lengths, current.text_lengths,
-                           result["checks"], path, title)
+                           result["checks"], path, title,
+                           reference_brightness=reference.photo_brightness,
+                           batch_brightness=current.photo_brightness)

@@ -380,17 +380,22 @@ _REF_COLOUR, _BATCH_COLOUR = "#4c72b0", "#dd8452"
 def drift_png(reference_categories: Mapping[str, int], batch_categories: Mapping[str, int],
               reference_prices, batch_prices, reference_text_lengths, batch_text_lengths,
               checks: Mapping[str, Mapping], path: str | Path,
-              title: str = "Drift: training reference vs batch") -> Path:
-    """Four panels of one drift run: category shares (reference vs batch), price
-    distributions (log scale), tokens per listing text, and each check's score against its
-    decision line.
+              title: str = "Drift: training reference vs batch",
+              reference_brightness=None, batch_brightness=None) -> Path:
+    """The panels of one drift run: category shares (reference vs batch), price
+    distributions (log scale), tokens per listing text, per-photo mean luminance (when
+    either side has a luminance sample) and each check's score against its decision line.
 
     ``checks`` is ``run_checks(...)["checks"]``: per check its "score" (>= 1 on the drift side
     of its rule: statistic / threshold, or log p / log alpha), "drift" and "detail"."""
-    fig = _new_figure(14.0, 10.0)
+    brightness = [np.asarray([] if v is None else v, dtype=float)
+                  for v in (reference_brightness, batch_brightness)]
+    with_brightness = any(len(v) for v in brightness)
+    fig = _new_figure(14.0, 14.5 if with_brightness else 10.0)
+    grid = fig.add_gridspec(3 if with_brightness else 2, 2)
 
     # Category shares, largest reference share at the top; unseen categories at the bottom.
-    ax = fig.add_subplot(2, 2, 1)
+    ax = fig.add_subplot(grid[0, 0])
     ref_total = max(sum(reference_categories.values()), 1)
     batch_total = max(sum(batch_categories.values()), 1)
     names = sorted(reference_categories, key=lambda k: -reference_categories[k])
@@ -414,7 +419,7 @@ def drift_png(reference_categories: Mapping[str, int], batch_categories: Mapping
     ax.set_axisbelow(True)
 
     # Prices on a log axis; missing or non-positive prices are counted in the title.
-    ax = fig.add_subplot(2, 2, 2)
+    ax = fig.add_subplot(grid[0, 1])
     samples = [np.asarray(v, dtype=float) for v in (reference_prices, batch_prices)]
     positive = [v[np.isfinite(v) & (v > 0)] for v in samples]
     left_out = sum(len(v) - len(p) for v, p in zip(samples, positive))
@@ -443,7 +448,7 @@ def drift_png(reference_categories: Mapping[str, int], batch_categories: Mapping
     ax.grid(alpha=0.3)
 
     # Tokens per listing text, up to the 99th percentile of both.
-    ax = fig.add_subplot(2, 2, 3)
+    ax = fig.add_subplot(grid[1, 0])
     lengths = [np.asarray(v, dtype=float) for v in (reference_text_lengths, batch_text_lengths)]
     both = np.concatenate(lengths)
     if len(both):
@@ -464,8 +469,28 @@ def drift_png(reference_categories: Mapping[str, int], batch_categories: Mapping
     ax.set_title("text length", fontsize=10)
     ax.grid(alpha=0.3)
 
-    # Each check against its decision line.
-    ax = fig.add_subplot(2, 2, 4)
+    # Per-photo mean luminance (0-255): the photo embeddings ignore exposure, this does not.
+    if with_brightness:
+        ax = fig.add_subplot(grid[1, 1])
+        bins = np.linspace(0, 255, 52)
+        for values, colour, name in zip(brightness, (_REF_COLOUR, _BATCH_COLOUR),
+                                        ("reference", "batch")):
+            if len(values):
+                ax.hist(np.clip(values, 0, 255), bins=bins,
+                        weights=np.full(len(values), 1.0 / len(values)),
+                        histtype="stepfilled" if name == "reference" else "step", color=colour,
+                        alpha=0.45 if name == "reference" else 1.0, linewidth=1.8,
+                        label=f"{name} (median {np.median(values):.0f})")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
+        ax.legend(fontsize=8)
+        ax.set_xlim(0, 255)
+        ax.set_xlabel("mean luminance per photo (0.299 R + 0.587 G + 0.114 B, 0-255)")
+        ax.set_ylabel("share of photos")
+        ax.set_title("photo brightness", fontsize=10)
+        ax.grid(alpha=0.3)
+
+    # Each check against its decision line (the whole bottom row beside the brightness panel).
+    ax = fig.add_subplot(grid[2, :] if with_brightness else grid[1, 1])
     names = list(checks)
     cap = 5.0
     if names:

@@ -8,6 +8,7 @@ image and text models are built here (random weights, the same "embedding" layer
 contract as the trained ones) so that no test trains a model."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -23,21 +24,24 @@ SMALL = DriftConfig(min_listings=20, min_photos=20)
 
 # --------------------------------------------------------------------------- synthetic
 def summary(categories: dict[str, int], prices, lengths, oov=0.05, photo=None, text=None,
-            n_photos=None) -> drift.Reference:
+            n_photos=None, brightness=None) -> drift.Reference:
     n = sum(categories.values())
     photo = np.zeros((0, 0), np.float32) if photo is None else np.asarray(photo, np.float32)
     text = np.zeros((0, 0), np.float32) if text is None else np.asarray(text, np.float32)
+    brightness = np.zeros(0, np.float32) if brightness is None else np.asarray(brightness,
+                                                                                np.float32)
     return drift.Reference(n_listings=n, n_photos=len(photo) if n_photos is None else n_photos,
                            category_counts=categories, price_sample=np.asarray(prices, float),
                            text_lengths=np.asarray(lengths, np.int64), oov_rate=oov,
-                           photo_embeddings=photo, text_embeddings=text)
+                           photo_embeddings=photo, text_embeddings=text,
+                           photo_brightness=brightness)
 
 
 CATS = {"Appliances": 0.3, "Home & Garden": 0.25, "Phones": 0.2, "Sports": 0.15, "Toys": 0.1}
 
 
 def draw(rng, n, proportions=CATS, price_scale=1.0, length_scale=1.0, oov=0.05,
-         shift=0.0, dim=16):
+         shift=0.0, dim=16, dark=1.0):
     names = list(proportions)
     cats = rng.choice(names, size=n, p=np.array(list(proportions.values())))
     counts = {k: int((cats == k).sum()) for k in names if (cats == k).any()}
@@ -45,7 +49,9 @@ def draw(rng, n, proportions=CATS, price_scale=1.0, length_scale=1.0, oov=0.05,
     lengths = np.maximum(1, rng.poisson(40 * length_scale, n))
     photo = rng.normal(0, 1, (min(n, 300), dim)) + shift
     text = rng.normal(0, 1, (min(n, 300), dim))
-    return summary(counts, prices, lengths, oov, photo, text)
+    # mean luminance of ~1.7 photos per listing, 0-255, darkened by ``dark``
+    brightness = np.clip(rng.normal(150, 40, int(n * 1.7)), 0, 255) * dark
+    return summary(counts, prices, lengths, oov, photo, text, brightness=brightness)
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +135,93 @@ def test_embedding_shift_fires(reference):
     assert result["fired"] == ["photo_embedding"]
 
 
+def photos(rng, n, size=8):
+    """``n`` uint8 photos whose exposure and tint vary from photo to photo, as real ones do."""
+    exposure = rng.uniform(40, 220, (n, 1, 1, 1)) * rng.uniform(0.85, 1.15, (n, 1, 1, 3))
+    return np.clip(exposure + rng.normal(0, 20, (n, size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def with_photos(ref: drift.Reference, pixels) -> drift.Reference:
+    """``ref`` with the mean luminance of these photos as its brightness sample."""
+    return dataclasses.replace(ref, photo_brightness=drift.mean_luminance(pixels),
+                               n_photos=len(pixels))
+
+
+def test_mean_luminance():
+    rng = np.random.default_rng(15)
+    px = photos(rng, 50)
+    expected = (px.astype(np.float64) @ [0.299, 0.587, 0.114]).mean(axis=(1, 2))
+    lum = drift.mean_luminance(px)
+    assert lum.dtype == np.float32 and lum.shape == (50,)
+    np.testing.assert_allclose(lum, expected, rtol=1e-6)
+    # chunking and row selection do not change a photo's value
+    np.testing.assert_array_equal(drift.mean_luminance(px, chunk=7), lum)
+    np.testing.assert_array_equal(drift.mean_luminance(px, np.array([9, 3, 3])), lum[[9, 3, 3]])
+    assert drift.mean_luminance(np.full((2, 4, 4, 3), 255, np.uint8)).tolist() == [255, 255]
+    grey = np.full((1, 4, 4), 100, np.uint8)  # no colour channels: the grey level itself
+    assert drift.mean_luminance(grey).tolist() == [100.0]
+
+
+def test_photo_brightness_darker_photos_fire(reference):
+    """The reference's own photos x0.7 darker (as bench_drift darkens them): the photo
+    embeddings of an ImageNet model barely move, the luminance check fires."""
+    ref_px = photos(np.random.default_rng(16), 2000)
+    ref = with_photos(reference, ref_px)
+    darker = (ref_px[:900].astype(np.float32) * 0.7).clip(0, 255).astype(np.uint8)
+    batch = with_photos(draw(np.random.default_rng(17), 500), darker)
+    result = drift.run_checks(ref, batch, DriftConfig())
+    check = result["checks"]["photo_brightness"]
+    assert result["fired"] == ["photo_brightness"]
+    assert check["drift"] and check["statistic"] > 0.2 and check["p_value"] < 1e-10
+    assert check["threshold"] == pytest.approx(0.05 / 6)
+    assert check["batch_median"] == pytest.approx(0.7 * check["reference_median"], rel=0.05)
+    assert check["detail"] == (f"KS D {check['statistic']:.3f} (min 0.15); median luminance "
+                               f"{check['reference_median']:.0f} -> {check['batch_median']:.0f}")
+    assert "| photo_brightness |" in drift.summary_markdown(result)
+
+
+def test_photo_brightness_same_distribution_is_quiet(reference):
+    ref = with_photos(reference, photos(np.random.default_rng(16), 2000))
+    for seed in (18, 19, 20):
+        rng = np.random.default_rng(seed)
+        batch = with_photos(draw(rng, 500), photos(rng, 900))
+        result = drift.run_checks(ref, batch, DriftConfig(), seed=seed)
+        check = result["checks"]["photo_brightness"]
+        assert not check["drift"] and check["p_value"] > 0.01, check["detail"]
+        assert not result["drift"], result["fired"]
+    # a brightness shift too small to matter on a big batch stays under the KS D floor
+    rng = np.random.default_rng(21)
+    big = with_photos(draw(rng, 500), np.clip(photos(rng, 20000).astype(int) + 8, 0, 255)
+                      .astype(np.uint8))
+    check = drift.photo_brightness_check(ref, big, alpha=0.01, ks_min_statistic=0.1)
+    assert check["p_value"] < 0.01 and check["statistic"] < 0.1 and not check["drift"]
+
+
+def test_reference_without_brightness_predates_the_check(reference, tmp_path):
+    """A reference saved before the photo_brightness check (no key in embeddings.npz): the
+    check skips and says why; the reference still loads and the other checks run."""
+    ref = with_photos(reference, photos(np.random.default_rng(16), 500))
+    ref.save(tmp_path)
+    with np.load(tmp_path / drift.EMBEDDINGS_FILE) as npz:
+        assert set(npz.files) == {"photo", "text", "photo_brightness"}
+        np.savez_compressed(tmp_path / drift.EMBEDDINGS_FILE, photo=npz["photo"],
+                            text=npz["text"])
+    old = drift.Reference.load(tmp_path)
+    assert old.photo_brightness.shape == (0,) and old.n_photos == 500
+    np.testing.assert_array_equal(old.photo_embeddings, ref.photo_embeddings)
+    rng = np.random.default_rng(22)
+    dark = with_photos(draw(rng, 500), photos(rng, 900) // 2)
+    result = drift.run_checks(old, dark, DriftConfig())
+    check = result["checks"]["photo_brightness"]
+    assert not check["drift"] and check["p_value"] is None and not result["drift"]
+    assert check["detail"].startswith("skipped: the reference predates the photo_brightness "
+                                      "check")
+    assert "| photo_brightness | 0 |" in drift.summary_markdown(result)
+    assert "| skipped |" in drift.summary_markdown(result)
+
+
 def test_bonferroni_alpha():
-    assert drift.per_test_alpha(DriftConfig()) == pytest.approx(0.01)
+    assert drift.per_test_alpha(DriftConfig()) == pytest.approx(0.05 / 6)
     assert drift.per_test_alpha(DriftConfig(bonferroni=False)) == 0.05
     assert drift.per_test_alpha(DriftConfig(checks=["price", "oov_rate"])) == 0.05
 
@@ -139,13 +230,14 @@ def test_too_small_batch_is_refused(reference):
     tiny = draw(np.random.default_rng(12), 30)
     with pytest.raises(drift.DriftInputError, match=r"30 listing.*at least 50.*min_listings"):
         drift.run_checks(reference, tiny, DriftConfig())
-    # too few photos: the photo check is skipped, saying why, and the others still judge
-    few_photos = draw(np.random.default_rng(13), 200, price_scale=3.0)
+    # too few photos: the photo checks are skipped, saying why, and the others still judge
+    few_photos = draw(np.random.default_rng(13), 200, price_scale=3.0, dark=0.5)
     few_photos.n_photos = 10
     result = drift.run_checks(reference, few_photos, DriftConfig())
-    photo = result["checks"]["photo_embedding"]
-    assert not photo["drift"] and photo["p_value"] is None
-    assert "10 photo(s), fewer than drift.min_photos (50)" in photo["detail"]
+    for name in ("photo_embedding", "photo_brightness"):
+        photo = result["checks"][name]
+        assert not photo["drift"] and photo["p_value"] is None
+        assert "10 photo(s), fewer than drift.min_photos (50)" in photo["detail"]
     assert result["drift"] and result["fired"] == ["price"]
 
 
@@ -158,12 +250,14 @@ def test_markdown_and_figure(reference, tmp_path):
     png = drift.drift_png(reference, batch, result, tmp_path / "drift.png")
     with Image.open(png) as img:
         assert img.format == "PNG" and img.size[0] > 800
+        with_brightness = img.size[1]  # a photo-brightness panel: a third row
     # the plot function alone, with an unseen category and a skipped check
     checks = dict(result["checks"], oov_rate={**result["checks"]["oov_rate"], "detail": "skipped"})
     small = plots.drift_png({"A": 5}, {"A": 3, "B": 2}, [1, 2], [3, 4], [5], [6], checks,
                             tmp_path / "small.png")
     with Image.open(small) as img:
         assert img.format == "PNG" and img.size[0] > 800
+        assert img.size[1] < with_brightness  # no brightness samples: no panel
 
 
 # --------------------------------------------------------------------------- with a bundle
@@ -207,14 +301,24 @@ def bundle(clean, tmp_path_factory):
     x = layers.Conv2D(16, 3, activation="relu")(x)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dense(16, name="embedding")(x)
-    keras.Model(image_in, layers.Dense(len(labels), activation="softmax", name="probs")(x)
-                ).save(root / "image.keras")
+    image_model = keras.Model(
+        image_in, layers.Dense(len(labels), activation="softmax", name="probs")(x))
+    image_model.save(root / "image.keras")
     text_in = keras.Input((MAX_LEN,), dtype="int32", name="tokens")
     x = layers.Embedding(len(vocab), 8, name="token_vectors")(text_in)
     x = layers.GlobalAveragePooling1D()(x)
     x = layers.Dense(16, name="embedding")(x)
-    keras.Model(text_in, layers.Dense(len(labels), activation="softmax", name="probs")(x)
-                ).save(root / "text.keras")
+    text_model = keras.Model(
+        text_in, layers.Dense(len(labels), activation="softmax", name="probs")(x))
+    text_model.save(root / "text.keras")
+    # A fused model run whole (no image_features / from_features split, as bundles made
+    # before that split): Bundle.parts is None and the photo embeddings come from the
+    # image model itself.
+    fused_image = keras.Input((SIZE, SIZE, 3), dtype="uint8", name="image")
+    fused_text = keras.Input((MAX_LEN,), dtype="int32", name="tokens")
+    keras.Model([fused_image, fused_text],
+                layers.Average()([image_model(fused_image), text_model(fused_text)])
+                ).save(root / "fused.keras")
     (root / "vocab.json").write_text(json.dumps(vocab))
     (root / "meta.json").write_text(json.dumps({"labels": labels, "image_size": SIZE,
                                                 "text_input": "tokens", "max_len": MAX_LEN}))
@@ -247,6 +351,10 @@ def test_reference_from_the_bundle_and_round_trip(bundle, clean, tmp_path):
     # one photo per held-out listing that has one
     with_photos = clean.images.loc[clean.images["product_id"].isin(val["id"]), "product_id"]
     assert ref.photo_embeddings.shape == (with_photos.nunique(), 16)
+    # photo brightness is a data statistic: every photo of the training split (< sample_size)
+    train_rows = clean.images.loc[clean.images["product_id"].isin(train["id"]), "row"]
+    np.testing.assert_allclose(np.sort(ref.photo_brightness),
+                               np.sort(drift.mean_luminance(clean.pixels, train_rows.to_numpy())))
     ref.save(tmp_path / "copy")
     again = drift.Reference.load(tmp_path / "copy")
     assert again.category_counts == ref.category_counts
@@ -255,6 +363,7 @@ def test_reference_from_the_bundle_and_round_trip(bundle, clean, tmp_path):
     np.testing.assert_array_equal(again.text_lengths, ref.text_lengths)
     np.testing.assert_array_equal(again.photo_embeddings, ref.photo_embeddings)
     np.testing.assert_array_equal(again.text_embeddings, ref.text_embeddings)
+    np.testing.assert_array_equal(again.photo_brightness, ref.photo_brightness)
     with pytest.raises(FileNotFoundError, match="no drift reference"):
         drift.Reference.load(tmp_path / "nothing")
 
@@ -282,6 +391,7 @@ def test_bundle_batches(bundle, clean):
                                         bad, SMALL, seed=2)
     result = drift.run_checks(ref, degraded, SMALL)
     assert result["checks"]["photo_embedding"]["drift"]
+    assert result["checks"]["photo_brightness"]["drift"]
     assert not result["checks"]["text_embedding"]["drift"]
 
     # texts of random tokens: OOV rate and the text embeddings move
@@ -293,9 +403,28 @@ def test_bundle_batches(bundle, clean):
     assert result["checks"]["oov_rate"]["drift"] and oov.oov_rate == 1.0
     assert result["checks"]["text_embedding"]["drift"]
     assert not result["checks"]["photo_embedding"]["drift"]
+    assert not result["checks"]["photo_brightness"]["drift"]
 
     with pytest.raises(drift.DriftInputError, match="min_listings"):
         drift.run_checks(ref, cur, DriftConfig())  # half the fixture < the default 50
+
+
+def test_brightness_sample_is_seeded(bundle, clean):
+    """The brightness sample of a summary: at most sample_size of the batch's photos, drawn
+    by the seed (the same seed, the same sample), each the photo's mean luminance."""
+    _, (cur_p, cur_i) = halves(clean)
+    cfg = SMALL.model_copy(update={"sample_size": 10})
+    a = drift.current_statistics(bundle, cur_p, cur_i, clean.pixels, cfg, seed=5)
+    b = drift.current_statistics(bundle, cur_p, cur_i, clean.pixels, cfg, seed=5)
+    c = drift.current_statistics(bundle, cur_p, cur_i, clean.pixels, cfg, seed=6)
+    assert len(cur_i) > 10 and a.photo_brightness.shape == (10,)
+    np.testing.assert_array_equal(a.photo_brightness, b.photo_brightness)
+    assert not np.array_equal(a.photo_brightness, c.photo_brightness)
+    every = drift.mean_luminance(clean.pixels, cur_i["row"].to_numpy())
+    assert np.isin(a.photo_brightness, every).all()
+    # with sample_size above the batch's photo count: every photo once
+    full = drift.current_statistics(bundle, cur_p, cur_i, clean.pixels, SMALL, seed=5)
+    np.testing.assert_array_equal(np.sort(full.photo_brightness), np.sort(every))
 
 
 def test_check_batch(bundle, clean):
@@ -319,9 +448,13 @@ def test_check_batch(bundle, clean):
 
 
 def test_config_refuses_checks_that_could_never_fire():
-    with pytest.raises(ValueError, match=r"1/21, is not below the per-test alpha 0.01"):
+    with pytest.raises(ValueError, match=r"1/21, is not below the per-test alpha 0.00833"):
         DriftConfig(mmd_permutations=20)
-    assert DriftConfig(mmd_permutations=100).mmd_permutations == 100  # 1/101 < 0.01
+    # seven checks, six of them p-value tests: 0.05 / 6 ~ 0.0083 each; 1/201 is below it
+    assert DriftConfig().mmd_permutations == 200
+    with pytest.raises(ValueError, match=r"1/101.*use at least 120 permutations"):
+        DriftConfig(mmd_permutations=100)
+    assert DriftConfig(mmd_permutations=120).mmd_permutations == 120  # 1/121 < 0.0083
     # without the embedding checks the permutation count does not matter
     assert DriftConfig(mmd_permutations=20, checks=["price", "category_mix"]).alpha == 0.05
     for checks in ([], ["price", "price"]):
