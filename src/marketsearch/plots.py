@@ -377,6 +377,18 @@ def uk_map_png(lat, lon, path: str | Path, categories: Sequence[str] | None = No
 _REF_COLOUR, _BATCH_COLOUR = "#4c72b0", "#dd8452"
 
 
+def _reference_vs_batch_hist(ax, samples, bins, median_text) -> None:
+    """The reference (filled) and the batch (outline) as shares of their own counts."""
+    for values, colour, name in zip(samples, (_REF_COLOUR, _BATCH_COLOUR), ("reference", "batch")):
+        if len(values):
+            ax.hist(values, bins=bins, weights=np.full(len(values), 1.0 / len(values)),
+                    histtype="stepfilled" if name == "reference" else "step", color=colour,
+                    alpha=0.45 if name == "reference" else 1.0, linewidth=1.8,
+                    label=f"{name} (median {median_text(values)})")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.legend(fontsize=8)
+
+
 def drift_png(reference_categories: Mapping[str, int], batch_categories: Mapping[str, int],
               reference_prices, batch_prices, reference_text_lengths, batch_text_lengths,
               checks: Mapping[str, Mapping], path: str | Path,
@@ -454,16 +466,8 @@ def drift_png(reference_categories: Mapping[str, int], batch_categories: Mapping
     if len(both):
         top = max(float(np.quantile(both, 0.99)), 1.0)
         bins = np.linspace(0, top, 40)
-        for values, colour, name in zip(lengths, (_REF_COLOUR, _BATCH_COLOUR),
-                                        ("reference", "batch")):
-            if len(values):
-                ax.hist(np.minimum(values, top), bins=bins,
-                        weights=np.full(len(values), 1.0 / len(values)),
-                        histtype="stepfilled" if name == "reference" else "step", color=colour,
-                        alpha=0.45 if name == "reference" else 1.0, linewidth=1.8,
-                        label=f"{name} (median {np.median(values):g})")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
-        ax.legend(fontsize=8)
+        _reference_vs_batch_hist(ax, [np.minimum(v, top) for v in lengths], bins,
+                                 lambda v: f"{np.median(v):g}")
     ax.set_xlabel("tokens per listing text (last bin: 99th percentile and above)")
     ax.set_ylabel("share of listings")
     ax.set_title("text length", fontsize=10)
@@ -473,16 +477,8 @@ def drift_png(reference_categories: Mapping[str, int], batch_categories: Mapping
     if with_brightness:
         ax = fig.add_subplot(grid[1, 1])
         bins = np.linspace(0, 255, 52)
-        for values, colour, name in zip(brightness, (_REF_COLOUR, _BATCH_COLOUR),
-                                        ("reference", "batch")):
-            if len(values):
-                ax.hist(np.clip(values, 0, 255), bins=bins,
-                        weights=np.full(len(values), 1.0 / len(values)),
-                        histtype="stepfilled" if name == "reference" else "step", color=colour,
-                        alpha=0.45 if name == "reference" else 1.0, linewidth=1.8,
-                        label=f"{name} (median {np.median(values):.0f})")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
-        ax.legend(fontsize=8)
+        _reference_vs_batch_hist(ax, [np.clip(v, 0, 255) for v in brightness], bins,
+                                 lambda v: f"{np.median(v):.0f}")
         ax.set_xlim(0, 255)
         ax.set_xlabel("mean luminance per photo (0.299 R + 0.587 G + 0.114 B, 0-255)")
         ax.set_ylabel("share of photos")

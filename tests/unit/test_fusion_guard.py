@@ -65,14 +65,20 @@ def test_fusion_with_a_noise_photo_is_not_below_text_alone():
     assert fused >= text_alone - 0.02, (fused, text_alone, history["choice"])
 
 
-def test_a_blend_that_loses_falls_back_to_the_better_part():
-    image_model, text_model = _models()
-    img, txt, y = _data(300, 3)
+def _head_with_blend(image_model, text_model, blend: list[float]):
+    """A fusion head holding both classifiers, its (fused, text, image) blend set by hand."""
     head = build_fusion_head(DIM, DIM, N_CLASSES, FusionConfig(embedding_dim=16), seed=0,
                              image_classifier=classifier_weights(image_model),
                              text_classifier=classifier_weights(text_model))
+    head.get_layer("blend").blend.assign(np.array(blend, "float32"))
+    return head
+
+
+def test_a_blend_that_loses_falls_back_to_the_better_part():
+    image_model, text_model = _models()
+    img, txt, y = _data(300, 3)
     # an untrained fused path and the image logits only: worse than the text model alone
-    head.get_layer("blend").blend.assign(np.array([1.0, 0.0, 1.0], "float32"))
+    head = _head_with_blend(image_model, text_model, [1.0, 0.0, 1.0])
     ones = np.ones((len(y), 1), "float32")
     x = (img, txt, ones, ones)
     before = _accuracy(head.predict(list(x), verbose=0), y)
@@ -87,10 +93,7 @@ def test_a_blend_that_loses_falls_back_to_the_better_part():
 def test_a_blend_that_wins_is_kept():
     image_model, text_model = _models()
     img, txt, y = _data(300, 4)
-    head = build_fusion_head(DIM, DIM, N_CLASSES, FusionConfig(embedding_dim=16), seed=0,
-                             image_classifier=classifier_weights(image_model),
-                             text_classifier=classifier_weights(text_model))
-    head.get_layer("blend").blend.assign(np.array([0.0, 1.0, 0.0], "float32"))  # = text
+    head = _head_with_blend(image_model, text_model, [0.0, 1.0, 0.0])  # = the text model
     ones = np.ones((len(y), 1), "float32")
     result = never_below_parts(head, (img, txt, ones, ones), y)
     assert result["choice"] == "blend"  # a tie goes to the blend
