@@ -164,20 +164,17 @@ class Bundle:
         return self.__dict__[key]
 
     def _compiled(self, per_modality: bool):
-        """The fused model traced once as a TensorFlow function over a variable batch size.
-        Calling a Keras model eagerly or through ``predict`` costs ~40 ms of overhead per call;
-        the traced function a few ms for one item on this machine's CPU.
-
-        A bundle whose fused model is split (``parts``) returns the photo and text models'
-        probabilities from the same pass; an older one runs them beside it."""
+        """A bundle made before the fused model was split (``parts`` is None): the fused model
+        (with ``per_modality`` also the photo and text models beside it) traced once as a
+        TensorFlow function over a variable batch size. Calling a Keras model eagerly or
+        through ``predict`` costs ~40 ms of overhead per call; a traced function a few ms."""
         import tensorflow as tf
 
         fused = self.fused_model
         spec = {t.name: tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in fused.inputs}
-        if self.parts is not None or not per_modality:
+        if not per_modality:
             return self._traced("_fn_fused", fused, spec)
-        key = "_fn_all"
-        if key not in self.__dict__:
+        if "_fn_all" not in self.__dict__:
             image, text = self.image_model, self.text_model
 
             @tf.function(input_signature=[spec])
@@ -187,8 +184,8 @@ class Bundle:
                 out["text_probs"] = text(x["text"], training=False)
                 return out
 
-            self.__dict__[key] = forward
-        return self.__dict__[key]
+            self.__dict__["_fn_all"] = forward
+        return self.__dict__["_fn_all"]
 
     def _from_features(self):
         import tensorflow as tf
@@ -199,38 +196,29 @@ class Bundle:
 
     def predict(self, texts: list[str] | None, pixels: np.ndarray | None,
                 has_text: np.ndarray | None = None, has_image: np.ndarray | None = None,
-                per_modality: bool = True, batch_size: int = 256,
-                image_features: np.ndarray | None = None) -> Predictions:
+                per_modality: bool = True, batch_size: int = 256) -> Predictions:
         """Classify and embed N items. ``texts`` (listing_text strings) or ``pixels`` may be None;
         the presence flags mark per item which modality it has (default: all that are given).
-        ``image_features`` (from ``photo_features``) stand in for ``pixels`` when given.
 
         Training-time evaluation, the index build and the server all call this, so an item is
-        preprocessed and run through the same traced function wherever it is seen. Photos go
-        through ``feature_cache`` when it is set (batch work: index build, evaluation)."""
-        n = (len(texts) if texts is not None
-             else len(pixels) if pixels is not None else len(image_features))
+        preprocessed and run through the same traced function wherever it is seen. The
+        backbone runs only for items that have a photo, through ``feature_cache`` when it is
+        set (batch work: index build, evaluation)."""
+        n = len(texts) if texts is not None else len(pixels)
         has_text = np.ones(n, np.float32) if has_text is None else np.asarray(has_text, np.float32)
         has_image = np.ones(n, np.float32) if has_image is None else np.asarray(has_image, np.float32)
-        photos_given = pixels is not None or image_features is not None
         if texts is None:
             has_text = np.zeros(n, np.float32)
-        if not photos_given:
+        if pixels is None:
             has_image = np.zeros(n, np.float32)
         text_x = self.text_batch(texts if texts is not None else [""] * n)
         if self.parts is not None:
-            if image_features is None:
-                if pixels is not None:
-                    # the backbone runs only for the items that have a photo
-                    image_features = np.zeros((n, int(self.parts[0].output.shape[-1])), np.float32)
-                    with_photo = np.flatnonzero(has_image > 0)
-                    if len(with_photo):
-                        image_features[with_photo] = self.photo_features(pixels[with_photo],
-                                                                         batch_size)
-                else:
-                    image_features = np.zeros((n, int(self.parts[0].output.shape[-1])), np.float32)
+            features = np.zeros((n, int(self.parts[0].output.shape[-1])), np.float32)
+            with_photo = np.flatnonzero(has_image > 0)
+            if len(with_photo):
+                features[with_photo] = self.photo_features(pixels[with_photo], batch_size)
             forward = self._from_features()
-            inputs = {"image_features": np.asarray(image_features, np.float32), "text": text_x}
+            inputs = {"image_features": features, "text": text_x}
         else:
             forward = self._compiled(per_modality)
             inputs = {"image": self.image_batch(pixels, n), "text": text_x}
@@ -243,7 +231,7 @@ class Bundle:
             for name, value in out.items():
                 chunks.setdefault(name, []).append(value.numpy())
         out = {name: np.concatenate(parts) for name, parts in chunks.items()}
-        return Predictions(out.get("image_probs") if photos_given else None,
+        return Predictions(out.get("image_probs") if pixels is not None else None,
                            out.get("text_probs") if texts is not None else None,
                            out["probs"], out["fused_embedding"])
 

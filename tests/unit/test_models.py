@@ -670,3 +670,51 @@ def test_fused_model_with_hub_text_model(hub_dir, tmp_path):
     loaded = _roundtrip(fused, tmp_path, "fused_hub.keras")
     np.testing.assert_allclose(loaded.predict(inputs, verbose=0)["probs"], out["probs"],
                                rtol=1e-5, atol=1e-6)
+
+
+def _write_bundle(root, fused, img_model, txt_model, vocab):
+    import json
+
+    root.mkdir()
+    fused.save(root / "fused.keras")
+    img_model.save(root / "image.keras")
+    txt_model.save(root / "text.keras")
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "meta.json").write_text(json.dumps({"labels": ["a", "b", "c"], "image_size": SIZE,
+                                                "text_input": "tokens", "max_len": 12}))
+
+
+def test_bundles_from_before_the_split_still_predict_the_same(small_models, tmp_path):
+    """A champion saved before the fused model was split into image_features ->
+    from_features (one graph, photo and text models run beside it) predicts what the split
+    model predicts; and a text-only item of the split model skips the backbone."""
+    from marketsearch.bundle import Bundle
+
+    img_model, txt_model, vocab, head, x_img, texts, _ = small_models
+    _write_bundle(tmp_path / "split", assemble_fused_model(img_model, txt_model, head),
+                  img_model, txt_model, vocab)
+    # the fused model as bundles were saved before: one graph, probs + fused_embedding only
+    image_in = keras.Input((SIZE, SIZE, 3), dtype="uint8", name="image")
+    text_in = keras.Input((12,), dtype="int32", name="text")
+    present = [keras.Input((1,), name="image_present"), keras.Input((1,), name="text_present")]
+    head_both = keras.Model(head.inputs, [head.get_layer("fused_embedding").output, head.output])
+    fused_vec, probs = head_both([embedding_model(img_model)(image_in),
+                                  embedding_model(txt_model)(text_in), *present])
+    old = keras.Model({"image": image_in, "text": text_in, "image_present": present[0],
+                       "text_present": present[1]},
+                      {"probs": keras.layers.Identity(name="probs")(probs),
+                       "fused_embedding": keras.layers.Identity(name="fused_embedding")(fused_vec)})
+    _write_bundle(tmp_path / "old", old, img_model, txt_model, vocab)
+
+    split, before = Bundle(tmp_path / "split"), Bundle(tmp_path / "old")
+    assert split.parts is not None and before.parts is None
+    has_image = (np.arange(len(texts)) % 3 != 0).astype("float32")  # a third are text-only
+    a = split.predict(texts, x_img, has_image=has_image)
+    b = before.predict(texts, x_img, has_image=has_image)
+    for field in ("fused_probs", "fused_embedding", "text_probs"):
+        np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-4, atol=1e-5)
+    with_photo = has_image > 0
+    np.testing.assert_allclose(a.image_probs[with_photo], b.image_probs[with_photo],
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b.image_probs, img_model.predict(x_img, verbose=0),
+                               rtol=1e-4, atol=1e-5)
