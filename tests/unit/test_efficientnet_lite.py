@@ -175,3 +175,22 @@ def test_the_notop_backbone_gets_the_same_weights(lite0_imagenet):
         for a, b in zip(notop.get_layer(name).get_weights(),
                         lite0_imagenet.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_fine_tuning_unfreezes_only_the_top_blocks_and_never_batch_norm():
+    import keras
+
+    from marketsearch.models.efficientnet_lite import efficientnet_lite0
+    from marketsearch.models.image import unfreeze_for_fine_tuning
+
+    model = efficientnet_lite0(64)
+    model.trainable = False
+    unfreeze_for_fine_tuning(model, top_blocks=3)
+    trainable = {layer.name for layer in model.layers if layer.trainable and layer.weights}
+    assert trainable == {name for name in (layer.name for layer in model.layers)
+                         if (name.startswith(("block13_", "block14_", "block15_", "head_"))
+                             and "_bn" not in name and name != "head_bn"
+                             and model.get_layer(name).weights)}
+    assert "block12_project_conv" not in trainable and "head_conv" in trainable
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+                   for layer in model.layers)

@@ -226,8 +226,10 @@ def unfreeze_for_fine_tuning(backbone: keras.Model, top_blocks: int | None = Non
     runs in inference mode, keeping the pretrained statistics (small batches of a new domain
     would wreck them). With ``top_blocks`` (EfficientNet-Lite0), only the top that many MBConv
     blocks and the head conv are unfrozen."""
+    from .efficientnet_lite import N_BLOCKS
+
     backbone.trainable = True
-    lowest = None if top_blocks is None else 16 - top_blocks
+    lowest = None if top_blocks is None else N_BLOCKS - top_blocks
     for layer in backbone._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
