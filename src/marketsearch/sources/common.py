@@ -1,0 +1,84 @@
+"""What every source shares: ``RawData``, the file names of a file source, shaping frames so
+that every value is a str, and reading a marketplace CSV."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from marketsearch.schema import RAW_IMAGE_COLUMNS
+
+PRODUCTS_FILE = "products.csv"
+IMAGES_FILE = "images.csv"
+PHOTO_DIR = "images"
+
+
+@dataclass
+class RawData:
+    """A raw snapshot.
+
+    products: the listing columns found (RAW_PRODUCT_COLUMNS order first, then any others),
+              every value a str ("" for a missing value).
+    images:   the photo-row columns found (RAW_IMAGE_COLUMNS order first), then ``data``
+              (bytes or None) and ``source_error`` ("" when the bytes were read, else why not).
+    source:   where it came from, for logs (never holds a password).
+    """
+
+    products: pd.DataFrame
+    images: pd.DataFrame
+    source: str = ""
+
+    def summary(self) -> dict:
+        errors = int((self.images["source_error"] != "").sum()) if len(self.images) else 0
+        return {"source": self.source, "products": len(self.products),
+                "images": len(self.images), "photo_errors": errors}
+
+
+# --- shaping -----------------------------------------------------------------------------
+def _ordered(columns, known: list[str]) -> list[str]:
+    columns = list(columns)
+    return [c for c in known if c in columns] + [c for c in columns if c not in known]
+
+
+def _as_str_frame(df: pd.DataFrame, known: list[str]) -> pd.DataFrame:
+    """Known columns first; every value a str, missing values as ""."""
+    df = df[_ordered(df.columns, known)].copy()
+    for col in df.columns:
+        values = df[col]
+        df[col] = values.where(values.notna(), "").map(
+            lambda v: v if isinstance(v, str) else _to_str(v)).astype(str)
+    return df.reset_index(drop=True)
+
+
+def _to_str(value) -> str:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _images_frame(meta: pd.DataFrame, data: list, errors: list[str]) -> pd.DataFrame:
+    images = _as_str_frame(meta.drop(columns=["data", "source_error"], errors="ignore"),
+                           RAW_IMAGE_COLUMNS)
+    images["data"] = pd.Series(data, index=images.index, dtype=object)
+    images["source_error"] = pd.Series(errors, index=images.index, dtype=object).astype(str)
+    return images
+
+
+def read_csv_text(source, name: str) -> pd.DataFrame:
+    """A marketplace CSV (all fields quoted, line breaks and bare CRs inside fields) -> str frame.
+
+    Rows with too few fields get "" for the rest; the validate stage reports them.
+    """
+    try:
+        df = pd.read_csv(source, dtype=str, keep_default_na=False, na_filter=False,
+                         encoding="utf-8-sig", quotechar='"', doublequote=True,
+                         skipinitialspace=False)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except pd.errors.ParserError as exc:
+        raise ValueError(f"{name} is not a readable CSV file: {exc}") from exc
+    return df
+
+
+def _photo_id(images: pd.DataFrame) -> pd.Series | None:
+    return images["id"] if "id" in images.columns else None
