@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from .common import IMAGES_FILE, PHOTO_DIR, PRODUCTS_FILE, RawData, read_csv_text
 from .local import read_local
 from .postgres import read_postgres, redact_url
+from .postgres import _psycopg2_dsn, _table_sql  # noqa: F401  (marketsearch.fingerprint uses them)
 from .s3 import S3_WORKERS, parse_s3_uri, read_s3, s3_client
 from .sampling import concat, sample
 
