@@ -1,165 +1,21 @@
-"""The cluster deploy: roll the KServe InferenceService out to a new champion bundle.
-
-``build_inference_service`` is the one builder of the object (the same shape as
-k8s/base/inferenceservice.yaml: a custom predictor running ``marketsearch serve --model
-/mnt/models`` with the bundle's URI in ``STORAGE_URI``, which KServe's storage initializer
-downloads into /mnt/models). ``deploy_inference_service`` applies it through the Kubernetes API
-(only the namespaced ``inferenceservices`` of serving.kserve.io/v1beta1 are ever called):
-
-* absent: create it and wait until it is Ready;
-* present and Ready (a champion serves): patch the new STORAGE_URI with
-  ``canaryTrafficPercent`` = ``kserve.canary_traffic_percent``, wait for the canary revision to be
-  Ready, then promote (remove canaryTrafficPercent: 100% to the new revision);
-* present but not Ready (nothing serves), or ``canary_traffic_percent`` 0 (RawDeployment mode,
-  which has no traffic split): patch it in place and wait until it is Ready;
-* on a failed rollout (a failed revision or model load, or not Ready within
-  ``kserve.ready_timeout_s``): patch the previous predictor back and raise ``KServeDeployError``.
-
-Readiness is read from the status KServe writes: ``observedGeneration`` has caught up with the
-patch, condition ``Ready`` is True, the predictor's latest created revision is its latest ready
-one (Serverless mode) and ``modelStatus.transitionStatus`` is ``UpToDate`` (when KServe reports
-it). In RawDeployment mode KServe reports Ready from the Deployment's availability, which old
-pods keep during a rolling update, so there the model status is the signal that matters.
-"""
+"""The rollout through the Kubernetes API: the calls on the one InferenceService, its readiness
+as KServe reports it, and ``deploy_inference_service`` (create, canary and promote, or roll
+back; see the package docstring)."""
 from __future__ import annotations
 
 import copy
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Callable
 
 from marketsearch.config import Config
 
+from .service import (FATAL_REASONS, FATAL_TRANSITIONS, FIELD_MANAGER, GROUP, PLURAL, VERSION,
+                      VERSION_ANNOTATION, KServeDeployError, build_inference_service,
+                      storage_uri_of)
+
 log = logging.getLogger(__name__)
-
-GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
-API_VERSION = f"{GROUP}/{VERSION}"
-CONTAINER = "kserve-container"          # the name KServe gives a custom predictor's container
-STORAGE_URI_ENV = "STORAGE_URI"         # a custom container's storageUri (KServe convention)
-MODEL_MOUNT = "/mnt/models"             # where KServe's storage initializer puts the bundle
-FIELD_MANAGER = "marketsearch-deploy"
-VERSION_ANNOTATION = "marketsearch.io/model-version"
-# Reasons KServe / Knative give when a revision will not become Ready on its own.
-FATAL_REASONS = {"RevisionFailed", "ProgressDeadlineExceeded", "ContainerMissing"}
-FATAL_TRANSITIONS = {"BlockedByFailedLoad", "InvalidSpec"}
-
-
-class KServeDeployError(RuntimeError):
-    """The InferenceService could not be rolled out (what happened, and what was restored)."""
-
-
-# --- the object ----------------------------------------------------------------------------
-def serving_image(cfg: Config) -> str:
-    image = cfg.kserve.image or cfg.kfp.image(cfg.kfp.serving_image)
-    name = image.split("@", 1)[0].rsplit("/", 1)[-1]
-    if "@" not in image and (":" not in name or name.endswith(":latest")):
-        raise ValueError(f"serving image {image!r}: pin a tag (kfp.image_tag or kserve.image), "
-                         "never 'latest'")
-    return image
-
-
-def build_inference_service(cfg: Config, storage_uri: str,
-                            model_version: str | None = None) -> dict:
-    """The InferenceService that serves the bundle at ``storage_uri`` (s3://, gs://, ...)."""
-    ks, port = cfg.kserve, cfg.serving.port
-    pull = ks.image_pull_policy or cfg.kfp.image_pull_policy or "Always"
-
-    def probe(path: str, initial: int, period: int, failures: int) -> dict:
-        return {"httpGet": {"path": path, "port": port}, "initialDelaySeconds": initial,
-                "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
-
-    container = {
-        "name": CONTAINER,
-        "image": serving_image(cfg),
-        "imagePullPolicy": pull,
-        "command": ["marketsearch", "serve"],
-        "args": ["--model", MODEL_MOUNT, "--port", str(port)],
-        "env": [{"name": STORAGE_URI_ENV, "value": storage_uri},
-                {"name": "HOME", "value": "/tmp"}],
-        "ports": [{"name": "http1", "containerPort": port, "protocol": "TCP"}],
-        # Ready only once the models and the index are loaded and warmed up (up to ~5 min).
-        "readinessProbe": probe("/v2/health/ready", 5, 10, 30),
-        "livenessProbe": probe("/v2/health/live", 10, 20, 3),
-        "resources": {"requests": dict(ks.requests), "limits": dict(ks.limits)},
-        "securityContext": {
-            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-    }
-    metadata = {"name": ks.name, "namespace": ks.namespace,
-                "labels": {"app.kubernetes.io/name": ks.name,
-                           "app.kubernetes.io/component": "predictor",
-                           "app.kubernetes.io/part-of": "marketsearch",
-                           "app.kubernetes.io/managed-by": FIELD_MANAGER}}
-    if model_version is not None:
-        metadata["annotations"] = {VERSION_ANNOTATION: str(model_version)}
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "InferenceService",
-        "metadata": metadata,
-        "spec": {"predictor": {
-            "serviceAccountName": ks.service_account,
-            "minReplicas": ks.min_replicas,
-            "maxReplicas": ks.max_replicas,
-            "containers": [container],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
-        }},
-    }
-
-
-def storage_uri_of(predictor: dict) -> str | None:
-    """The STORAGE_URI of a predictor spec's kserve-container (None when it has none)."""
-    for container in predictor.get("containers") or []:
-        if container.get("name") == CONTAINER:
-            for env in container.get("env") or []:
-                if env.get("name") == STORAGE_URI_ENV:
-                    return env.get("value")
-    return None
-
-
-# --- where KServe reads the bundle from ------------------------------------------------------
-_KFP_LOCAL_PREFIXES = {"/s3/": "s3://", "/minio/": "s3://", "/gcs/": "gs://"}
-
-
-def storage_uri_for(artifact: str) -> str:
-    """The URI KServe's storage initializer can read for a KFP artifact URI (or its local path).
-
-    s3:// and gs:// are kept; KFP's minio://bucket/key is S3 on MinIO, so s3://bucket/key (the
-    model-server service account's S3 endpoint must then be that MinIO); KFP's local mounts
-    /s3/, /minio/, /gcs/ map back to their URIs. Anything else cannot be served from a cluster.
-    """
-    text = str(artifact)
-    if text.startswith(("s3://", "gs://")):
-        return text.rstrip("/")
-    if text.startswith("minio://"):
-        return "s3://" + text.removeprefix("minio://").rstrip("/")
-    for local, scheme in _KFP_LOCAL_PREFIXES.items():
-        if text.startswith(local):
-            return scheme + text.removeprefix(local).rstrip("/")
-    raise ValueError(f"bundle {text!r} is not in object storage, so KServe cannot download it: run "
-                     "the pipeline with an s3:// pipeline root, or set kserve.model_uri_prefix "
-                     "to an s3:// location the deploy step uploads the bundle to")
-
-
-def upload_bundle(cfg: Config, bundle_dir: str | Path, version: str) -> str:
-    """Upload a bundle directory to ``<kserve.model_uri_prefix>/<version>/``; return that URI."""
-    from marketsearch.sources import parse_s3_uri, s3_client
-
-    bundle_dir = Path(bundle_dir)
-    if not bundle_dir.is_dir():
-        raise FileNotFoundError(f"bundle directory {bundle_dir} not found")
-    bucket, prefix = parse_s3_uri(cfg.kserve.model_uri_prefix)
-    prefix = f"{prefix}{version}/"
-    client = s3_client(cfg.kserve.s3_endpoint_url)
-    files = sorted(p for p in bundle_dir.rglob("*") if p.is_file())
-    for path in files:
-        client.upload_file(str(path), bucket, prefix + path.relative_to(bundle_dir).as_posix())
-    uri = f"s3://{bucket}/{prefix.rstrip('/')}"
-    log.info("uploaded bundle %s (%d files) to %s", bundle_dir, len(files), uri)
-    return uri
 
 
 # --- the Kubernetes API --------------------------------------------------------------------
