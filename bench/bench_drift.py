@@ -3,7 +3,7 @@ shifted ones.
 
     .venv/bin/python bench/bench_drift.py [--clean DIR] [--bundle DIR] [--repeats 100]
 
-Reads the clean data of the latest full run (runs/kfp/*/clean-component/clean_data) and the
+Reads the clean data of the latest full run (runs/kfp/*/clean/clean_data) and the
 trained bundle (runs/serving/marketsearch); builds the reference exactly as build_index does
 (``drift.build_reference`` with the default ``DriftConfig``: data statistics from the training
 split, model statistics from the validation split), then summarises random batches of listings
@@ -178,10 +178,10 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from marketsearch.bundle import Bundle
-    from marketsearch.components.clean import CleanData
+    from marketsearch.records import CleanData
 
     runs = sorted(glob.glob(str(
-        ROOT / "runs" / "kfp" / "marketsearch-training-*" / "clean-component" / "clean_data")))
+        ROOT / "runs" / "kfp" / "marketsearch-training-*" / "clean" / "clean_data")))
     if not args.clean and not runs:
         sys.exit("bench_drift: no clean data under runs/kfp/: run `make run` first, or pass --clean")
     clean = args.clean or runs[-1]

@@ -12,7 +12,7 @@ inside the model, as served), with the defaults of ``ImageModelConfig`` otherwis
 * one photo through the backbone alone, p50 and p99 over 50 calls (the per-request cost a
   served photo adds).
 
-Reads the clean data of the latest run (runs/kfp/*/clean-component/clean_data); writes
+Reads the clean data of the latest run (runs/kfp/*/clean/clean_data); writes
 bench/reports/image.md and image.json.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ REPORTS = ROOT / "bench" / "reports"
 
 
 def latest_clean_dir() -> Path:
-    found = sorted(glob.glob(str(ROOT / "runs/kfp/*/clean-component/clean_data")),
+    found = sorted(glob.glob(str(ROOT / "runs/kfp/*/clean/clean_data")),
                    key=os.path.getmtime)
     if not found:
         raise SystemExit("no clean data under runs/kfp: run `make run` first")
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from marketsearch.components.clean import CleanData
+    from marketsearch.records import CleanData
 
     clean_dir = args.clean or latest_clean_dir()
     data = CleanData.load(clean_dir)

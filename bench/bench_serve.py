@@ -164,7 +164,7 @@ def search_quality(model_dir: Path, cfg, data_dir: Path, n: int, seed: int) -> d
     never learned from (not in its ``seen_ids.json``), cleaned as ``marketsearch evaluate``
     cleans them, each with its first photo."""
     from marketsearch.bundle import Bundle
-    from marketsearch.components.clean import clean_frames
+    from marketsearch.cleaning import clean_frames
     from marketsearch.evaluation import search_relevance
 
     bundle = Bundle(model_dir)

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from kfp import dsl
 
+from marketsearch.bundle import Bundle
 from marketsearch.config import Config
+from marketsearch.records import CleanData, TrainedModel
+from marketsearch.steps import step
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +44,25 @@ def listing_embeddings(bundle, products: pd.DataFrame, images: pd.DataFrame,
     return ids, normalize(vecs)
 
 
-def build_index(cfg: Config, clean_dir: str | Path, model_dir: str | Path, out_dir: str | Path) -> dict:
-    from marketsearch.bundle import MODEL_FILES, SEEN_FILE, THUMBNAILS_FILE, Bundle
-    from marketsearch.components.clean import CleanData
+@step(reads=("index", "drift", "image_model", "seed"),
+      inputs={"clean_data": CleanData, "fused_model": TrainedModel},
+      output=("bundle", Bundle), out_dir=True)
+def build_index(cfg: Config, clean_data: CleanData, fused_model: TrainedModel,
+                out_dir: str | Path) -> Bundle:
+    """The complete bundle in ``out_dir``: the fused model's files, the index of every clean
+    listing, thumbnails, the ids the models learned from and the drift reference."""
+    from marketsearch.bundle import BUILD_FILE, MODEL_FILES, SEEN_FILE, THUMBNAILS_FILE
     from marketsearch.drift import write_reference
     from marketsearch.feature_cache import FeatureCache
     from marketsearch.index import SearchIndex
 
-    data = CleanData.load(clean_dir)
+    data = CleanData.coerce(clean_data)
+    model_dir = TrainedModel.coerce(fused_model).root
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
-        if (Path(model_dir) / name).exists():
-            shutil.copy(Path(model_dir) / name, out_dir / name)
+        if (model_dir / name).exists():
+            shutil.copy(model_dir / name, out_dir / name)
     bundle = Bundle(out_dir)
     bundle.feature_cache = FeatureCache.from_config(cfg)  # train_image computed these photos
     ids, vecs = listing_embeddings(bundle, data.products, data.images, data.pixels)
@@ -76,23 +84,6 @@ def build_index(cfg: Config, clean_dir: str | Path, model_dir: str | Path, out_d
                                 cfg.seed)
     result = {"n_listings": len(ids), "index_type": cfg.index.type_for(len(ids)), "dim": int(vecs.shape[1]),
               f"recall_at_{cfg.index.recall_k}": float(recall), **reference}
+    (out_dir / BUILD_FILE).write_text(json.dumps(result, indent=2, default=float))
     log.info("build_index: %s", result)
-    return result
-
-
-def build_index_component(config_json: str, parent_run_id: str, clean_data: dsl.Input[dsl.Dataset],
-                          fused_model: dsl.Input[dsl.Model], bundle: dsl.Output[dsl.Model]):
-    """KFP: embed the catalogue, build the index, emit the complete bundle."""
-    import mlflow
-
-    from marketsearch import tracking
-    from marketsearch.components.build_index import build_index
-    from marketsearch.config import Config
-
-    cfg = Config.from_json(config_json)
-    with tracking.stage_run(cfg, parent_run_id, "build_index"):
-        mlflow.log_params(tracking.flatten(cfg.index.model_dump(), "index."))
-        result = build_index(cfg, clean_data.path, fused_model.path, bundle.path)
-        tracking.log_numbers(result)
-        mlflow.log_artifact(f"{bundle.path}/index/manifest.json", "index")
-    bundle.metadata.update(result)
+    return bundle

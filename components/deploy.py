@@ -18,27 +18,34 @@ import json
 import logging
 from pathlib import Path
 
-from kfp import dsl
-
+from marketsearch.bundle import Bundle
 from marketsearch.config import Config
+from marketsearch.records import Decision, Deployment
+from marketsearch.steps import step
 
 log = logging.getLogger(__name__)
 
 
-def deploy(cfg: Config, bundle_dir: str | Path, decision: dict, storage_uri: str | None = None,
-           api=None) -> dict:
-    """Promote ``decision["version"]`` and publish its bundle (see the module docstring).
+@step(reads=("serving", "kserve", "kfp"), inputs={"bundle": Bundle, "decision": Decision},
+      uris={"storage_uri": "bundle"}, output=("deployment", Deployment), cached=False)
+def deploy(cfg: Config, bundle: Bundle, decision: Decision, storage_uri: str | None = None,
+           api=None) -> Deployment:
+    """Promote ``decision.version`` and publish its bundle (see the module docstring).
 
     ``storage_uri``: the bundle artifact's URI (KFP's ``Artifact.uri``), used on a cluster when
     no ``kserve.model_uri_prefix`` is set; ``api``: a kubernetes CustomObjectsApi (tests).
     """
     from marketsearch import registry
-    from marketsearch.bundle import Bundle
 
-    if not decision.get("promote"):
-        raise ValueError(f"deploy called for a version that was not promoted: {decision.get('reason')}")
-    version = str(decision["version"])
-    compared = decision.get("champion_version")
+    bundle_dir = bundle.root if isinstance(bundle, Bundle) else Path(bundle)  # files to move
+    decision = Decision.coerce(decision)
+    if not decision.promote:
+        raise ValueError(f"deploy called for a version that was not promoted: {decision.reason}")
+    if decision.version is None:
+        raise ValueError("deploy called with a decision that names no registered version "
+                         "(evaluate ran with register=False)")
+    version = str(decision.version)
+    compared = decision.champion_version
     current = registry.champion(cfg)
     if compared is not None and str(current.version if current else "none") != str(compared):
         raise ValueError(f"deploy: version {version} was compared with champion {compared}, but "
@@ -47,17 +54,16 @@ def deploy(cfg: Config, bundle_dir: str | Path, decision: dict, storage_uri: str
     if cfg.kserve.enabled:                 # where KServe will read it, before the alias moves
         storage_uri = _cluster_storage_uri(cfg, bundle_dir, version, storage_uri)
     previous = current if cfg.kserve.enabled else None
-    registry.promote(cfg, version, {"pipeline_run": decision.get("pipeline_run", ""),
-                                    "data_hash": decision.get("data_hash", "")})
+    registry.promote(cfg, version, {"pipeline_run": decision.pipeline_run,
+                                    "data_hash": decision.data_hash})
     if cfg.kserve.enabled:
         return _deploy_to_cluster(cfg, version, storage_uri, previous, api)
     target = cfg.path(cfg.serving.model_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     Bundle.copy(bundle_dir, target)
     (target / "VERSION").write_text(json.dumps({"model": cfg.mlflow.registered_model, "version": version}))
-    result = {"version": version, "model_dir": str(target)}
     log.info("deploy: version %s is champion, served from %s", version, target)
-    return result
+    return Deployment(version, {"model_dir": str(target)})
 
 
 def _cluster_storage_uri(cfg: Config, bundle_dir: str | Path, version: str,
@@ -70,7 +76,7 @@ def _cluster_storage_uri(cfg: Config, bundle_dir: str | Path, version: str,
     return kube.storage_uri_for(artifact_uri or str(bundle_dir))
 
 
-def _deploy_to_cluster(cfg: Config, version: str, uri: str, previous, api) -> dict:
+def _deploy_to_cluster(cfg: Config, version: str, uri: str, previous, api) -> Deployment:
     from marketsearch import kube
 
     ks = cfg.kserve
@@ -79,13 +85,13 @@ def _deploy_to_cluster(cfg: Config, version: str, uri: str, previous, api) -> di
     except Exception:                      # nothing new serves: neither may the alias say so
         _restore_champion(cfg, previous, version)
         raise
-    result = {"version": version, "storage_uri": uri,
-              "inference_service": f"{ks.namespace}/{ks.name}", "rollout": rollout["action"]}
+    target = {"storage_uri": uri, "inference_service": f"{ks.namespace}/{ks.name}",
+              "rollout": rollout["action"]}
     if rollout.get("url"):
-        result["url"] = rollout["url"]
+        target["url"] = rollout["url"]
     log.info("deploy: version %s is champion, InferenceService %s %s on %s", version,
-             result["inference_service"], rollout["action"], uri)
-    return result
+             target["inference_service"], rollout["action"], uri)
+    return Deployment(version, target)
 
 
 def _restore_champion(cfg: Config, previous, failed_version: str) -> None:
@@ -101,24 +107,3 @@ def _restore_champion(cfg: Config, previous, failed_version: str) -> None:
         client.delete_registered_model_alias(name, alias)
     log.error("deploy: the rollout of version %s failed; %s is %s again", failed_version, alias,
               previous.version if previous is not None else "unset")
-
-
-def deploy_component(config_json: str, parent_run_id: str, bundle: dsl.Input[dsl.Model],
-                     evaluation: dsl.Input[dsl.Artifact]) -> str:
-    """KFP: set the champion alias and publish the bundle; returns the served version."""
-    import json
-    from pathlib import Path
-
-    import mlflow
-
-    from marketsearch import tracking
-    from marketsearch.components.deploy import deploy
-    from marketsearch.config import Config
-
-    cfg = Config.from_json(config_json)
-    decision = json.loads((Path(evaluation.path) / "decision.json").read_text())
-    with tracking.stage_run(cfg, parent_run_id, "deploy"):
-        result = deploy(cfg, bundle.path, decision, storage_uri=bundle.uri)
-        mlflow.log_params(result)
-        mlflow.log_dict(decision, "decision.json")
-    return result["version"]

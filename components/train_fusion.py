@@ -9,36 +9,37 @@ import logging
 import shutil
 from pathlib import Path
 
-from kfp import dsl
-
 from marketsearch.config import Config
+from marketsearch.records import CleanData, TrainedModel
+from marketsearch.steps import step
 
 log = logging.getLogger(__name__)
 
 
-def train_fusion(cfg: Config, clean_dir: str | Path, image_dir: str | Path, text_dir: str | Path,
-                 out_dir: str | Path) -> dict:
-    import keras
+@step(reads=("fusion", "image_model", "text_model", "seed"),
+      inputs={"clean_data": CleanData, "image": TrainedModel, "text": TrainedModel},
+      output=("model", TrainedModel), views={"curves": "HTML"}, out_dir=True)
+def train_fusion(cfg: Config, clean_data: CleanData, image: TrainedModel, text: TrainedModel,
+                 out_dir: str | Path) -> TrainedModel:
+    """The fusion head on the two models' embeddings, assembled with them into the served
+    model: the bundle's model part (fused.keras, both models, vocab, meta) in ``out_dir``."""
     import numpy as np
 
     import marketsearch.models  # noqa: F401  custom layers
     from marketsearch.bundle import META, pair_arrays
-    from marketsearch.components.clean import CleanData
     from marketsearch.feature_cache import FeatureCache
     from marketsearch.models.fusion import assemble_fused_model, embedding_model, train_fusion_head
     from marketsearch.models.image import features_model, head_from_features
     from marketsearch.models.text import prepare_text_input, text_input_kind
     from marketsearch.tracking import training_summary
 
-    data = CleanData.load(clean_dir)
+    data = CleanData.coerce(clean_data)
+    image_part, text_part = TrainedModel.coerce(image), TrainedModel.coerce(text)
     labels = data.labels
-    for d in (image_dir, text_dir):
-        trained = json.loads((Path(d) / "labels.json").read_text())
-        if trained != labels:
-            raise ValueError(f"{d} was trained on labels {trained}, the clean data has {labels}")
-    image_model = keras.models.load_model(Path(image_dir) / "image.keras", compile=False)
-    text_model = keras.models.load_model(Path(text_dir) / "text.keras", compile=False)
-    vocab = json.loads((Path(text_dir) / "vocab.json").read_text())
+    for part in (image_part, text_part):
+        part.check_labels(labels)
+    image_model, text_model = image_part.model(), text_part.model()
+    vocab = text_part.vocab
     kind = text_input_kind(text_model)
     max_len = cfg.text_model.max_len
     # Photo embeddings from the cached backbone features (train_image computed them) through
@@ -77,10 +78,8 @@ def train_fusion(cfg: Config, clean_dir: str | Path, image_dir: str | Path, text
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fused.save(out_dir / "fused.keras")
-    shutil.copy(Path(image_dir) / "image.keras", out_dir / "image.keras")
-    shutil.copy(Path(text_dir) / "text.keras", out_dir / "text.keras")
-    (out_dir / "vocab.json").write_text(json.dumps(vocab))
-    (out_dir / "history.json").write_text(json.dumps(history, default=float))
+    shutil.copy(image_part.model_file, out_dir / "image.keras")
+    shutil.copy(text_part.model_file, out_dir / "text.keras")
     meta = {"labels": labels, "image_size": int(data.pixels.shape[1]), "text_input": kind,
             "max_len": max_len, "image_backbone": cfg.image_model.backbone,
             "text_encoder": cfg.text_model.encoder, "embedding_dim": cfg.fusion.embedding_dim}
@@ -88,22 +87,4 @@ def train_fusion(cfg: Config, clean_dir: str | Path, image_dir: str | Path, text
     result = {**training_summary(history, n_train=len(y_tr), n_val=len(y_va)),
               **cache.stats.as_dict(), "fusion_choice": history.get("choice", "blend")}
     log.info("train_fusion: %s", result)
-    return result
-
-
-def train_fusion_component(config_json: str, parent_run_id: str, clean_data: dsl.Input[dsl.Dataset],
-                           image_model: dsl.Input[dsl.Model], text_model: dsl.Input[dsl.Model],
-                           fused_model: dsl.Output[dsl.Model], curves: dsl.Output[dsl.HTML]):
-    """KFP: train the fusion head and assemble the served model."""
-    import mlflow
-
-    from marketsearch import tracking
-    from marketsearch.components.train_fusion import train_fusion
-    from marketsearch.config import Config
-
-    cfg = Config.from_json(config_json)
-    with tracking.stage_run(cfg, parent_run_id, "train_fusion"):
-        mlflow.log_params(tracking.flatten(cfg.fusion.model_dump(), "fusion."))
-        result = train_fusion(cfg, clean_data.path, image_model.path, text_model.path, fused_model.path)
-        tracking.report_training(fused_model.path, "fusion", "Fusion head", result, curves.path)
-    fused_model.metadata.update(result)
+    return TrainedModel.write(out_dir, "fusion", labels, history, result, vocab=vocab)

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from kfp import dsl
 
 import marketsearch
-from marketsearch import quarantine, snapshot
+from marketsearch import quarantine
 from marketsearch.config import Config
+from marketsearch.records import Snapshot, ValidatedData
+from marketsearch.steps import step
 
 log = logging.getLogger(__name__)
 # The row checks ship inside the package (an installed stage image has no repo checkout);
@@ -24,7 +25,12 @@ EXPECTATIONS = Path(marketsearch.__file__).resolve().parent / "data" / "expectat
 
 
 class ValidationError(RuntimeError):
-    """A critical data problem: the run cannot go on."""
+    """A critical data problem: the run cannot go on. ``record`` holds the report so far (the
+    stage's wrapper still saves it, so the KFP UI shows why the run stopped)."""
+
+    def __init__(self, message: str, record: ValidatedData):
+        super().__init__(message)
+        self.record = record
 
 
 def _blank_to_none(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -116,15 +122,17 @@ def _quarantine(frame: pd.DataFrame, table: str, failures: dict) -> tuple[pd.Dat
     return keep, records
 
 
-def validate(cfg: Config, snapshot_dir: str | Path, out_dir: str | Path,
-             expectations: str | Path | None = None) -> dict:
-    """Check the raw snapshot; write validated tables, ``quarantine.parquet``, ``report.json``
-    and ``report.md`` to ``out_dir``. Raises ValidationError on a critical failure."""
-    out_dir = Path(out_dir)
+@step(reads=("validate",), inputs={"raw_snapshot": Snapshot},
+      output=("validated", ValidatedData), views={"report": "Markdown"})
+def validate(cfg: Config, raw_snapshot: Snapshot, expectations: str | Path | None = None
+             ) -> ValidatedData:
+    """Check the raw snapshot: the rows that pass, the quarantined ones with their reasons and
+    the report. Raises ValidationError (with the report) on a critical failure."""
+    raw = Snapshot.coerce(raw_snapshot)
     expectations = expectations or cfg.validate_.expectations_file or EXPECTATIONS
     specs = yaml.safe_load(Path(expectations).read_text())
-    products = snapshot.read_table(snapshot_dir, "products").reset_index(drop=True)
-    images = snapshot.read_table(snapshot_dir, "images").reset_index(drop=True)
+    products = raw.products.reset_index(drop=True)
+    images = raw.images.reset_index(drop=True)
     report: dict = {"n_products": len(products), "n_images": len(images), "critical": []}
 
     missing_p = [c for c in cfg.validate_.required_product_columns if c not in products.columns]
@@ -136,8 +144,9 @@ def validate(cfg: Config, snapshot_dir: str | Path, out_dir: str | Path,
     if len(products) == 0:
         report["critical"].append("products table is empty")
     if report["critical"]:
-        _write_report(out_dir, report)
-        raise ValidationError("; ".join(report["critical"]))
+        empty = products.iloc[:0]
+        raise ValidationError("; ".join(report["critical"]), ValidatedData(
+            empty, images.iloc[:0], quarantine.frame([]), report, raw.manifest))
 
     products = _blank_to_none(products, list(products.columns))
     p_fail, p_checks = _run_suite(products, "products", specs["products"], {})
@@ -163,64 +172,11 @@ def validate(cfg: Config, snapshot_dir: str | Path, out_dir: str | Path,
         if total and bad / total > limit:
             report["critical"].append(
                 f"{bad} of {total} {table} failed validation ({bad / total:.0%} > {limit:.0%} allowed)")
-    snapshot.write_tables(out_dir, products=good_products, images=good_images, quarantine=q)
-    _write_report(out_dir, report)
+    result = ValidatedData(good_products, good_images, q, report, raw.manifest)
     if report["critical"]:
-        raise ValidationError("; ".join(report["critical"]))
+        raise ValidationError("; ".join(report["critical"]), result)
     log.info("validate: %d/%d listings and %d/%d photos pass; %d rows quarantined",
              len(good_products), len(products), len(good_images), len(images), len(q))
-    return report
+    return result
 
 
-def _write_report(out_dir: Path, report: dict) -> None:
-    snapshot.write_json(out_dir, "report.json", report)
-    (out_dir / "report.md").write_text(report_markdown(report))
-
-
-def report_markdown(report: dict) -> str:
-    lines = ["# Data validation", ""]
-    if report["critical"]:
-        lines += ["**Critical failures, the run stops:**", ""] + [f"- {c}" for c in report["critical"]] + [""]
-    lines += [f"Listings: {report.get('n_products_valid', 0)} of {report['n_products']} pass; "
-              f"photos: {report.get('n_images_valid', 0)} of {report['n_images']} pass.", ""]
-    for table, checks in report.get("checks", {}).items():
-        lines += [f"## {table}", "", "| expectation | column | failing rows |", "|---|---|---|"]
-        lines += [f"| {c['expectation']} | {c['column']} | {c['unexpected']} |" for c in checks]
-        lines.append("")
-    reasons = report.get("quarantine_reasons") or {}
-    if reasons:
-        lines += ["## Quarantined", "", "| table | reason | rows |", "|---|---|---|"]
-        for table, by_reason in reasons.items():
-            lines += [f"| {table} | {r} | {n} |" for r, n in sorted(by_reason.items(), key=lambda x: -x[1])]
-    return "\n".join(lines) + "\n"
-
-
-def validate_component(config_json: str, parent_run_id: str, raw_snapshot: dsl.Input[dsl.Dataset],
-                       validated: dsl.Output[dsl.Dataset], report: dsl.Output[dsl.Markdown]):
-    """KFP: validate the raw snapshot; the Markdown report shows in the KFP UI."""
-    import shutil
-
-    import mlflow
-
-    from marketsearch import tracking
-    from marketsearch.components.validate import validate
-    from marketsearch.config import Config
-
-    cfg = Config.from_json(config_json)
-    with tracking.stage_run(cfg, parent_run_id, "validate"):
-        mlflow.log_params(tracking.flatten(cfg.validate_.model_dump(), "validate."))
-        try:
-            result = validate(cfg, raw_snapshot.path, validated.path)
-        finally:
-            md = f"{validated.path}/report.md"
-            try:
-                shutil.copy(md, report.path)
-                mlflow.log_artifact(md)
-                mlflow.log_artifact(f"{validated.path}/report.json")
-            except FileNotFoundError:
-                pass
-        tracking.log_numbers({k: v for k, v in result.items() if k.startswith("n_")})
-        if result["n_products_quarantined"] + result["n_images_quarantined"]:
-            mlflow.log_artifact(f"{validated.path}/quarantine.parquet")
-    for key in ("n_products_valid", "n_images_valid", "n_products_quarantined", "n_images_quarantined"):
-        validated.metadata[key] = result[key]

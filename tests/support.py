@@ -51,11 +51,21 @@ def train_tiny_bundle(tmp: Path, out_name: str = "bundle"):
     from marketsearch.components.validate import validate
 
     cfg = tiny_config(tmp / "runs")
-    ingest(cfg, tmp / "raw")
-    validate(cfg, tmp / "raw", tmp / "validated")
-    clean(cfg, tmp / "validated", tmp / "clean")
-    train_image(cfg, tmp / "clean", tmp / "image")
-    train_text(cfg, tmp / "clean", tmp / "text")
-    train_fusion(cfg, tmp / "clean", tmp / "image", tmp / "text", tmp / "fused")
-    build_index(cfg, tmp / "clean", tmp / "fused", tmp / out_name)
+    data = clean(cfg, validate(cfg, ingest(cfg)))
+    data.save(tmp / "clean")
+    image = train_image(cfg, data, tmp / "image")
+    text = train_text(cfg, data, tmp / "text")
+    fused = train_fusion(cfg, data, image, text, tmp / "fused")
+    build_index(cfg, data, fused, tmp / out_name)
     return cfg, tmp / "clean", tmp / out_name
+
+
+def run_stage(name: str, cfg, **artifacts):
+    """A stage's generated KFP wrapper as its KFP task runs it: the config values the stage
+    reads, then its artifacts (``dsl.Dataset(name=..., uri=path)`` and the like)."""
+    from marketsearch.steps import all_steps
+    from marketsearch.steps.config_view import values_for
+    from marketsearch.steps.runner import run_step
+
+    step = all_steps()[name]
+    return run_step(step.module, name, {**values_for(cfg, step.reads), **artifacts})

@@ -9,6 +9,8 @@
     thumbnails.parquet  product_id -> JPEG of the listing's first photo (search page; optional)
     seen_ids.json  ids of the listings the models learned from (train and val splits), so a later
                    evaluation can keep them out of the pairs this model is scored on
+    reference/     the drift checks' reference (marketsearch.drift)
+    build.json     build_index's figures: listings indexed, index type, recall@k
 
 Training, evaluation, the index build and the server all go through ``Bundle`` so that a
 listing is preprocessed and embedded the same way everywhere.
@@ -23,10 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from marketsearch.records.base import Record
+
 META = "meta.json"
 THUMBNAILS_FILE = "thumbnails.parquet"
 SEEN_FILE = "seen_ids.json"
 MODEL_FILES = ("image.keras", "text.keras", "fused.keras", "vocab.json", META)
+BUILD_FILE = "build.json"
 
 
 @dataclass
@@ -37,7 +42,15 @@ class Predictions:
     fused_embedding: np.ndarray
 
 
-class Bundle:
+class Bundle(Record):
+    """A bundle directory (see the module docstring); build_index's record."""
+
+    FILES = {"meta.json": "labels, image size, text input, provenance",
+             "image.keras, text.keras, fused.keras, vocab.json": "the models",
+             "index/": "FAISS index, id map, listing metadata",
+             "thumbnails.parquet": "a JPEG per listing", SEEN_FILE: "ids the models learned from",
+             "reference/": "the drift reference", BUILD_FILE: "build_index's figures"}
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
         meta_path = self.root / META
@@ -234,6 +247,25 @@ class Bundle:
         return Predictions(out.get("image_probs") if pixels is not None else None,
                            out.get("text_probs") if texts is not None else None,
                            out["probs"], out["fused_embedding"])
+
+    # --- the record ----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, directory):
+        return cls(directory)
+
+    def save(self, directory):
+        if Path(directory).resolve() != self.root.resolve():
+            Bundle.copy(self.root, directory)
+
+    def metrics(self):
+        path = self.root / BUILD_FILE
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def headline(self):
+        m = self.metrics()
+        recall = next((f"{k.replace('_', ' ')} {v:.3f}" for k, v in m.items()
+                       if k.startswith("recall_at_")), "")
+        return f"{m.get('n_listings')} listings in a {m.get('index_type')} index, {recall}"
 
     # --- writing -----------------------------------------------------------------------------
     @staticmethod

@@ -24,62 +24,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override one config value, e.g. --set image_model.epochs=2 (repeatable)")
 
 
-def latest_run_dir(pipeline_root: Path, name: str, since: float = 0.0) -> Path | None:
-    runs = [p for p in pipeline_root.glob(f"{name}-*") if p.is_dir() and p.stat().st_mtime >= since]
-    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
-
-
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def run_summary(run_dir: Path) -> dict:
-    """What a person wants to see after a run, gathered from the stages' outputs."""
-    validated = _read(run_dir / "validate-component" / "validated" / "report.json") or {}
-    cleaned = _read(run_dir / "clean-component" / "clean_data" / "summary.json") or {}
-    ingested = _read(run_dir / "ingest-component" / "raw_snapshot" / "snapshot.json") or {}
-    evaluation = run_dir / "evaluate-component" / "evaluation"
-    decision = _read(evaluation / "decision.json")
-    index = _read(run_dir / "build-index-component" / "bundle" / "index" / "manifest.json")
-    out: dict = {"run_dir": str(run_dir), "content_hash": ingested.get("content_hash")}
-    for table, raw_key, clean_key in (("listings", "n_products", "n_products"),
-                                      ("photos", "n_images", "n_images")):
-        rows_in = ingested.get(raw_key)
-        q_validate = validated.get(f"{raw_key}_quarantined", 0)
-        q_clean = cleaned.get(f"{clean_key}_quarantined", 0)
-        rows_clean = cleaned.get(clean_key)
-        out[table] = {"in": rows_in, "clean": rows_clean, "quarantined": q_validate + q_clean,
-                      "accounted": rows_in == (rows_clean or 0) + q_validate + q_clean}
-    evaluation_json = _read(evaluation / "evaluation.json")
-    if evaluation_json:
-        from marketsearch.evaluation import headline
-
-        out["test"] = headline(evaluation_json)
-    if decision:
-        out["decision"] = {k: decision.get(k) for k in ("promote", "reason", "version")}
-    if index:
-        out["index"] = index
-    return out
-
-
 def cmd_run(args) -> int:
-    from kfp import local
-
+    from marketsearch.local_run import print_summary, run_locally, run_summary
     from marketsearch.pipelines.training import PIPELINE_NAME, build_training_pipeline
-    from marketsearch import tracking
 
     cfg = _config(args)
-    root = cfg.path(cfg.kfp.pipeline_root)
-    root.mkdir(parents=True, exist_ok=True)
-    tracking.setup(cfg)  # create the experiment once, before the stages race to it
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-               raise_on_error=True)
-    start = time.time()
-    pipeline = build_training_pipeline(cfg)
-    log.info("running %s locally (run dir %s)", PIPELINE_NAME, cfg.run_dir)
-    pipeline()
-    wall = time.time() - start
-    run_dir = latest_run_dir(root, PIPELINE_NAME, since=start - 1)
+    run_dir, wall = run_locally(cfg, build_training_pipeline, PIPELINE_NAME, args.verbose)
     summary = run_summary(run_dir) if run_dir else {}
     summary["wall_seconds"] = round(wall, 1)
     print_summary(summary, cfg)
@@ -88,33 +38,14 @@ def cmd_run(args) -> int:
     return 0
 
 
-def print_summary(s: dict, cfg) -> None:
-    print("\n=== marketsearch run ===")
-    print(f"wall time: {s.get('wall_seconds', 0) / 60:.1f} min   run dir: {s.get('run_dir')}")
-    for table in ("listings", "photos"):
-        t = s.get(table)
-        if t:
-            mark = "ok" if t["accounted"] else "MISMATCH"
-            print(f"{table:9s} in {t['in']} = clean {t['clean']} + quarantined {t['quarantined']}  [{mark}]")
-    for m, v in (s.get("test") or {}).items():
-        if isinstance(v, dict):
-            print(f"test {m:7s} accuracy {v['accuracy']:.3f}  top-3 {v['top3_accuracy']:.3f}  "
-                  f"macro-F1 {v['macro_f1']:.3f}")
-    if s.get("decision"):
-        d = s["decision"]
-        print(f"model version {d['version']}: {'PROMOTED to champion' if d['promote'] else 'kept'} "
-              f"({d['reason']})")
-    print(f"MLflow UI: mlflow ui --backend-store-uri {cfg.tracking_uri}")
-    print(f"served bundle: {cfg.path(cfg.serving.model_dir)}")
-
-
 def cmd_evaluate(args) -> int:
     from marketsearch.bundle import Bundle
-    from marketsearch.components.clean import clean_frames
+    from marketsearch.cleaning import clean_frames
     from marketsearch.components.validate import validate
+    from marketsearch.records import Snapshot
     from marketsearch.evaluation import evaluate_pairs, headline, search_lines, search_relevance
     from marketsearch.feature_cache import FeatureCache
-    from marketsearch import registry, snapshot, sources
+    from marketsearch import registry, sources
     import tempfile
 
     cfg = _config(args)
@@ -133,13 +64,12 @@ def cmd_evaluate(args) -> int:
         bundle = Bundle(bundle_dir)
         bundle.feature_cache = FeatureCache.from_config(cfg)  # photos seen before are read back
         raw = sources.read_local(args.data)
-        raw_dir, val_dir = Path(tmp) / "raw", Path(tmp) / "validated"
-        snapshot.write_tables(raw_dir, products=raw.products, images=raw.images)
         cfg_eval = cfg.model_copy(deep=True)
         cfg_eval.validate_.max_bad_fraction = 1.0  # report bad rows, never refuse to evaluate
-        report = validate(cfg_eval, raw_dir, val_dir)
-        data = clean_frames(snapshot.read_table(val_dir, "products"), snapshot.read_table(val_dir, "images"),
-                            cfg, image_size=bundle.image_size, remove_outliers=False, assign_split=False)
+        validated = validate(cfg_eval, Snapshot(raw.products, raw.images, {"source": "local"}))
+        report = validated.report_data
+        data = clean_frames(validated.products, validated.images, cfg, image_size=bundle.image_size,
+                            remove_outliers=False, assign_split=False)
         result = evaluate_pairs(bundle, data.products, data.images, data.pixels)
         search = search_relevance(bundle, data.products, data.images, data.pixels,
                                   cfg.evaluate.search_k)
@@ -173,26 +103,8 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def monitor_summary(run_dir: Path) -> dict:
-    """{"drift", "checks", "retrained", "promoted", ...} from a monitoring run's outputs."""
-    drift = _read(run_dir / "drift-check-component" / "drift_report" / "drift.json") or {}
-    decision = _read(run_dir / "evaluate-component" / "evaluation" / "decision.json")
-    checks = {name: {k: c.get(k) for k in ("statistic", "threshold", "p_value", "drift")}
-              for name, c in (drift.get("checks") or {}).items()}
-    return {"drift": bool(drift.get("drift")), "checks": checks,
-            "retrained": (run_dir / "train-fusion-component").is_dir(),
-            "promoted": bool(decision and decision.get("promote")),
-            "reason": drift.get("reason"), "n_new_listings": drift.get("n_new_listings"),
-            "decision": decision and {k: decision.get(k) for k in
-                                      ("promote", "reason", "challenger_score", "champion_score",
-                                       "version")},
-            "run_dir": str(run_dir)}
-
-
 def cmd_monitor(args) -> int:
-    from kfp import local
-
-    from marketsearch import tracking
+    from marketsearch.local_run import monitor_summary, run_locally
     from marketsearch.pipelines.monitoring import PIPELINE_NAME, build_monitoring_pipeline
 
     if args.data and not all((Path(args.data) / f).is_file() for f in ("products.csv", "images.csv")):
@@ -205,14 +117,8 @@ def cmd_monitor(args) -> int:
     from marketsearch.config import load_config
 
     cfg = load_config(args.config, overrides)
-    root = cfg.path(cfg.kfp.pipeline_root)
-    root.mkdir(parents=True, exist_ok=True)
-    tracking.setup(cfg)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-               raise_on_error=True)
     start = time.time()
-    build_monitoring_pipeline(cfg)()
-    run_dir = latest_run_dir(root, PIPELINE_NAME, since=start - 1)
+    run_dir, _ = run_locally(cfg, build_monitoring_pipeline, PIPELINE_NAME, args.verbose)
     summary = monitor_summary(run_dir) if run_dir else {}
     summary["wall_seconds"] = round(time.time() - start, 1)
     print(f"\n=== marketsearch monitor ===\ndrift: {summary.get('drift')} ({summary.get('reason')}); "
@@ -302,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="run the training pipeline locally through kfp.local")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="also print the run summary as JSON")
+    p.add_argument("--verbose", action="store_true",
+                   help="show every stage's full output (default: in <run_dir>/logs/ only)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("evaluate", help="evaluate a bundle on a directory laid out like the shared data")
@@ -323,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="a folder laid out like the shared data holding the new "
                                   "listings (added to data.local_dir's)")
     p.add_argument("--dry-run", action="store_true", help="stop after the drift checks")
+    p.add_argument("--verbose", action="store_true",
+                   help="show every stage's full output (default: in <run_dir>/logs/ only)")
     p.add_argument("--json", action="store_true",
                    help='print {"drift", "checks", "retrained", "promoted"} on the last line')
     p.set_defaults(func=cmd_monitor)

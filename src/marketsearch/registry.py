@@ -30,11 +30,31 @@ def _pyfunc_class():
     return MarketsearchModel()
 
 
-def register_bundle(cfg: Config, bundle_dir: str | Path, tags: dict[str, str]) -> str:
-    """Log the bundle as a pyfunc model in the active run and register it; return the version."""
+def version_of(cfg: Config, bundle_uri: str):
+    """The registered version made from the bundle artifact at ``bundle_uri``, or None."""
+    import mlflow
+
+    tracking.setup(cfg)
+    versions = mlflow.MlflowClient().search_model_versions(
+        f"name = '{cfg.mlflow.registered_model}'")
+    return next((v for v in versions if v.tags.get("bundle_uri") == bundle_uri), None)
+
+
+def register_bundle(cfg: Config, bundle_dir: str | Path, bundle_uri: str,
+                    tags: dict[str, str]) -> str:
+    """Log the bundle as a pyfunc model in the active run and register it; return the version.
+
+    The same bundle artifact (``bundle_uri``: a cache hit of build_index hands on the earlier
+    run's) is registered once: a second call returns its version and leaves its tags alone."""
     import mlflow
 
     from marketsearch import __version__
+
+    existing = version_of(cfg, bundle_uri)
+    if existing is not None:
+        log.info("bundle %s is already %s version %s", bundle_uri, cfg.mlflow.registered_model,
+                 existing.version)
+        return str(existing.version)
 
     info = mlflow.pyfunc.log_model(
         name="model", python_model=_pyfunc_class(), artifacts={"bundle": str(bundle_dir)},
@@ -42,7 +62,7 @@ def register_bundle(cfg: Config, bundle_dir: str | Path, tags: dict[str, str]) -
         pip_requirements=[f"marketsearch=={__version__}"])
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    for key, value in tags.items():
+    for key, value in {**tags, "bundle_uri": bundle_uri}.items():
         client.set_model_version_tag(cfg.mlflow.registered_model, version, key, str(value))
     log.info("registered %s version %s", cfg.mlflow.registered_model, version)
     return version

@@ -9,7 +9,8 @@
 2. gets or creates the experiment ``monitoring.experiment`` (unarchiving it if archived);
 3. creates the recurring run ``monitoring.recurring_run_name`` from the package with
    ``monitoring.cron`` (KFP's six-field cron, seconds first), ``max_concurrency``, no catch-up
-   unless ``monitoring.catchup``, and the loaded config as the ``config_json`` parameter, then
+   unless ``monitoring.catchup``, and the loaded config as the pipeline's parameters (one per
+   config section, marketsearch.steps.kfp.pipeline_parameters), then
    deletes the runs of that name the experiment had before. Scheduling again therefore
    replaces the schedule instead of adding a second one, and a refused package leaves the old
    schedule running.
@@ -154,11 +155,15 @@ def schedule_recurring_run(cfg: Config, package_path: str | Path, host: str | No
         log.warning("scheduling pipeline %r, not %r", pipeline_name, MONITORING_PIPELINE_NAME)
     params = None
     if m.pass_config:
-        if spec and "config_json" not in _parameters(spec):
+        from marketsearch.steps.kfp import pipeline_parameters
+
+        params = pipeline_parameters(cfg)
+        missing = sorted(set(params) - _parameters(spec)) if spec else []
+        if missing:
             raise ScheduleError(
-                f"{package_path} has no config_json parameter (it has {sorted(_parameters(spec))}):"
-                f" set monitoring.pass_config false to run it with its compiled-in defaults")
-        params = {"config_json": cfg.to_json()}
+                f"{package_path} lacks the config parameter(s) {missing} (it has "
+                f"{sorted(_parameters(spec))}): compile it with this version, or set "
+                "monitoring.pass_config false to run it with its compiled-in defaults")
 
     client = client or kfp_client(cfg, host)
     experiment, created = _experiment(client, cfg)

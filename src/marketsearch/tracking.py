@@ -53,38 +53,83 @@ def flatten(data: Mapping, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def start_parent(cfg: Config, run_name: str, tags: Mapping[str, str] | None = None) -> str:
-    """Create the pipeline run's parent MLflow run (left open for the stages) and return its id."""
+PIPELINE_RUN_ENV = "MARKETSEARCH_PIPELINE_RUN"
+
+
+def pipeline_run() -> str | None:
+    """The pipeline run this process belongs to: set by ``marketsearch run`` locally and from
+    the pod's ``pipeline/runid`` label on a cluster (marketsearch.steps.kfp). It is never a
+    task input, so it cannot spoil a task's cache key."""
+    return os.environ.get(PIPELINE_RUN_ENV) or None
+
+
+def find_parent(cfg: Config, run: str | None = None) -> str | None:
+    """The id of the MLflow parent run of pipeline run ``run`` (default: this process's)."""
+    run = run or pipeline_run()
+    if not run:
+        return None
     mlflow = _mlflow()
-    setup(cfg)
+    experiment_id = setup(cfg)
+    found = mlflow.MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.pipeline_run = '{run}' and tags.role = 'pipeline'",
+        max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def start_parent(cfg: Config, run_name: str, tags: Mapping[str, str] | None = None) -> str:
+    """Create the pipeline run's parent MLflow run (left open for the stages) with the whole
+    config as its params, and return its id."""
+    mlflow = _mlflow()
+    experiment_id = setup(cfg)
     client = mlflow.MlflowClient()
-    experiment_id = mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
-    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
-    params = flatten(cfg.model_dump(by_alias=True))
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={"role": "pipeline", **dict(tags or {})})
     from mlflow.entities import Param
 
+    params = flatten(cfg.model_dump(by_alias=True))
     batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for start in range(0, len(batch), 100):
         client.log_batch(run.info.run_id, params=batch[start:start + 100])
     return run.info.run_id
 
 
-def end_parent(cfg: Config, run_id: str, status: str = "FINISHED") -> None:
+def end_parent(cfg: Config, run_id: str, status: str = "FINISHED") -> list[str]:
+    """Close the parent run with ``status``; a child run still RUNNING (its stage died without
+    closing it) is closed FAILED. Returns the names of the children so closed."""
     mlflow = _mlflow()
-    setup(cfg)
-    mlflow.MlflowClient().set_terminated(run_id, status=status)
+    experiment_id = setup(cfg)
+    client = mlflow.MlflowClient()
+    children = client.search_runs([experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    dangling = [c for c in children if c.info.status == "RUNNING"]
+    for child in dangling:
+        client.set_terminated(child.info.run_id, status="FAILED")
+    client.set_terminated(run_id, status=status)
+    return [c.info.run_name for c in dangling]
 
 
 @contextlib.contextmanager
-def stage_run(cfg: Config, parent_run_id: str | None, stage: str) -> Iterator[object]:
-    """A child run named after the stage, nested under the pipeline's parent run."""
+def stage_run(cfg: Config, stage: str) -> Iterator[object]:
+    """A child run named after the stage, nested under the pipeline run's parent (when this
+    process belongs to one; otherwise a run of its own)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mlflow = _mlflow()
     setup(cfg)
-    kwargs = {"parent_run_id": parent_run_id} if parent_run_id else {}
-    with mlflow.start_run(run_name=stage, nested=bool(parent_run_id), **kwargs) as run:
+    parent = find_parent(cfg)
+    kwargs = {"parent_run_id": parent, "nested": True} if parent else {}
+    with mlflow.start_run(run_name=stage, **kwargs) as run:
         mlflow.set_tag("stage", stage)
+        if pipeline_run():
+            mlflow.set_tag("pipeline_run", pipeline_run())
         yield run
+
+
+def log_params(params: Mapping[str, object]) -> None:
+    """Log params in batches (MLflow caps a batch at 100), values cut to MLflow's limit."""
+    mlflow = _mlflow()
+    items = [(k, str(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        mlflow.log_params(dict(items[start:start + 100]))
 
 
 def log_numbers(values: Mapping[str, object], prefix: str = "") -> None:
@@ -120,21 +165,3 @@ def training_summary(history: Mapping, **counts: int) -> dict:
     return {**{k: int(v) for k, v in counts.items()}, "epochs_run": len(curves.get("loss", [])),
             "best_val_accuracy": max(curves.get("val_accuracy", [float("nan")])),
             "seconds": round(float(history.get("seconds", 0.0)), 1)}
-
-
-def report_training(model_dir: str | Path, prefix: str, title: str, result: Mapping,
-                    html_path: str | Path) -> None:
-    """In the active stage run: log the per-epoch history and ``result``, plot the training
-    curves to MLflow, and write them as the KFP UI's HTML artifact."""
-    import json
-
-    from marketsearch import plots
-    from marketsearch.reports import html_page
-
-    mlflow = _mlflow()
-    history = json.loads((Path(model_dir) / "history.json").read_text())
-    log_history(history, prefix)
-    log_numbers(result)
-    png = plots.training_curves_png(epoch_curves(history), Path(model_dir) / "training_curves.png", title)
-    mlflow.log_artifact(str(png), "plots")
-    Path(html_path).write_text(html_page(f"{title} training", [png], dict(result)))

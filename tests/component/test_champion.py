@@ -11,8 +11,8 @@ model that is good on held-out listings, so bundles with a known order are deriv
 * ``medium``: a copy of ``strong`` whose classifier columns of half the classes are rotated
   among themselves: right on about half the test pairs.
 
-The registry tests drive the evaluate and deploy stages' KFP wrappers themselves
-(``evaluate_component``, then ``deploy_component`` only when it returns True, as the DAG's
+The registry tests drive the evaluate and deploy stages' generated KFP wrappers themselves
+(``tests.support.run_stage``: evaluate, then deploy only when it returns True, as the DAG's
 ``promoted`` condition does) against a real MLflow tracking server.
 """
 from __future__ import annotations
@@ -26,9 +26,7 @@ import numpy as np
 import pytest
 
 from marketsearch.config import Config
-from tests.support import mlflow_server, tiny_config, train_tiny_bundle
-
-DATA_HASH = "fixture-hash-0123"
+from tests.support import mlflow_server, run_stage, tiny_config, train_tiny_bundle
 
 
 def _edit_fused_head(src: Path, dst: Path, edit) -> Path:
@@ -49,7 +47,7 @@ def bundles(tmp_path_factory):
     """SimpleNamespace(cfg, clean, strong, medium, weak): the clean data dir and three bundle
     dirs that score high, about half and near zero on its test split."""
     from marketsearch.bundle import Bundle, pair_arrays
-    from marketsearch.components.clean import CleanData
+    from marketsearch.records import CleanData
     from sklearn.linear_model import LogisticRegression
 
     tmp = tmp_path_factory.mktemp("champion")
@@ -98,14 +96,21 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-# --- the decision itself ------------------------------------------------------------------
-def test_evaluate_keeps_a_weaker_challenger_and_records_both_scores(bundles, tmp_path):
+def _evaluate(b, challenger: Path, out: Path, champion: Path):
+    """The evaluate stage without a registry, its record saved to ``out`` -> the record."""
     from marketsearch.components.evaluate import evaluate
 
+    evaluation = evaluate(b.cfg, b.clean, challenger, champion_dir=champion, register=False)
+    evaluation.save(out)
+    return evaluation
+
+
+# --- the decision itself ------------------------------------------------------------------
+def test_evaluate_keeps_a_weaker_challenger_and_records_both_scores(bundles, tmp_path):
     b = bundles
-    summary = evaluate(b.cfg, b.clean, b.weak, tmp_path / "worse", champion_dir=b.strong)
+    evaluation = _evaluate(b, b.weak, tmp_path / "worse", b.strong)
     decision = _read(tmp_path / "worse" / "decision.json")
-    assert summary["decision"] == decision
+    assert evaluation.decision.promote is decision["promote"]
     assert decision["promote"] is False and decision["metric"] == "accuracy"
     challenger = _read(tmp_path / "worse" / "evaluation.json")["fusion"]["accuracy"]
     champion = _read(tmp_path / "worse" / "champion_evaluation.json")["fusion"]["accuracy"]
@@ -113,25 +118,22 @@ def test_evaluate_keeps_a_weaker_challenger_and_records_both_scores(bundles, tmp
     assert decision["champion_score"] == champion
     assert champion >= 0.8 and challenger <= 0.2  # clearly worse, not a near-tie
     assert f"{challenger:.4f} does not beat champion accuracy={champion:.4f}" in decision["reason"]
-    assert summary["champion"]["fusion"]["accuracy"] == round(champion, 4)
+    assert evaluation.champion["fusion"]["accuracy"] == champion
 
 
 def test_evaluate_promotes_a_better_challenger_and_never_a_tie(bundles, tmp_path):
-    from marketsearch.components.evaluate import evaluate
-
     b = bundles
-    better = evaluate(b.cfg, b.clean, b.strong, tmp_path / "better",
-                      champion_dir=b.weak)["decision"]
-    assert better["promote"] is True
-    assert better["challenger_score"] > better["champion_score"] + 0.5
-    same = evaluate(b.cfg, b.clean, b.strong, tmp_path / "same", champion_dir=b.strong)["decision"]
-    assert same["promote"] is False
-    assert same["challenger_score"] == same["champion_score"]
+    better = _evaluate(b, b.strong, tmp_path / "better", b.weak).decision
+    assert better.promote is True
+    assert better.challenger_score > better.champion_score + 0.5
+    same = _evaluate(b, b.strong, tmp_path / "same", b.strong).decision
+    assert same.promote is False
+    assert same.challenger_score == same.champion_score
 
 
 def test_a_bundle_records_the_listings_it_learned_from(bundles):
     from marketsearch.bundle import Bundle
-    from marketsearch.components.clean import CleanData
+    from marketsearch.records import CleanData
 
     products = CleanData.load(bundles.clean).products
     learned = set(products.loc[products["split"] != "test", "id"])
@@ -154,9 +156,7 @@ def _with_seen(src: Path, dst: Path, seen: list[str] | None) -> Path:
 def test_a_champion_is_not_scored_on_listings_it_learned_from(bundles, tmp_path):
     """A champion trained under another split (another seed, say) has seen some of today's test
     listings: both models are compared on the others only, and the count is recorded."""
-    from marketsearch.components.clean import CleanData
-    from marketsearch.components.evaluate import evaluate
-
+    from marketsearch.records import CleanData
     b = bundles
     data = CleanData.load(b.clean)
     test_pairs = data.images[data.images["split"] == "test"]
@@ -165,8 +165,7 @@ def test_a_champion_is_not_scored_on_listings_it_learned_from(bundles, tmp_path)
     learned = sorted(set(data.products.loc[data.products["split"] != "test", "id"]))
     champion = _with_seen(b.weak, tmp_path / "champion", learned + seen_test)
 
-    summary = evaluate(b.cfg, b.clean, b.strong, tmp_path / "eval", champion_dir=champion)
-    decision = summary["decision"]
+    decision = vars(_evaluate(b, b.strong, tmp_path / "eval", champion).decision)
     n_seen = int(test_pairs["product_id"].isin(seen_test).sum())
     assert 0 < n_seen < len(test_pairs)
     assert decision["n_seen_by_champion"] == n_seen
@@ -188,13 +187,11 @@ def test_a_champion_is_not_scored_on_listings_it_learned_from(bundles, tmp_path)
 
 
 def test_a_champion_that_saw_every_test_listing_is_kept_with_the_reason(bundles, tmp_path):
-    from marketsearch.components.clean import CleanData
-    from marketsearch.components.evaluate import evaluate
-
+    from marketsearch.records import CleanData
     b = bundles
     everything = sorted(CleanData.load(b.clean).products["id"])
     champion = _with_seen(b.weak, tmp_path / "champion", everything)
-    decision = evaluate(b.cfg, b.clean, b.strong, tmp_path / "eval", champion_dir=champion)["decision"]
+    decision = vars(_evaluate(b, b.strong, tmp_path / "eval", champion).decision)
     assert decision["promote"] is False and decision["champion_score"] is None
     assert "listings the champion learned from" in decision["reason"]
     n_pairs = len(CleanData.load(b.clean).images.query("split == 'test'"))
@@ -202,13 +199,11 @@ def test_a_champion_that_saw_every_test_listing_is_kept_with_the_reason(bundles,
 
 
 def test_a_champion_without_recorded_listings_is_scored_on_all_test_pairs(bundles, tmp_path):
-    from marketsearch.components.evaluate import evaluate
-
     b = bundles
-    from marketsearch.components.clean import CleanData
+    from marketsearch.records import CleanData
 
     champion = _with_seen(b.strong, tmp_path / "champion", None)
-    decision = evaluate(b.cfg, b.clean, b.weak, tmp_path / "eval", champion_dir=champion)["decision"]
+    decision = vars(_evaluate(b, b.weak, tmp_path / "eval", champion).decision)
     n_pairs = len(CleanData.load(b.clean).images.query("split == 'test'"))
     assert decision["champion_seen_ids"] == "unknown" and decision["n_seen_by_champion"] == 0
     assert decision["n_test_pairs"] == n_pairs
@@ -234,34 +229,39 @@ def _registry_cfg(tmp_path: Path, url: str, model: str) -> Config:
 
 
 def _evaluate_stage(cfg: Config, clean: Path, bundle: Path, out: Path, run: str) -> dict:
-    """A pipeline run up to evaluate: its parent MLflow run, then the evaluate stage's wrapper."""
-    import mlflow
+    """A pipeline run up to evaluate: its parent MLflow run (open_run's), then the evaluate
+    stage's generated wrapper, in a process that belongs to pipeline run ``run``."""
     from kfp import dsl
 
     from marketsearch import tracking
-    from marketsearch.components.evaluate import evaluate_component
 
     parent = tracking.start_parent(cfg, run_name=run, tags={"pipeline_run": run})
-    mlflow.MlflowClient().set_tag(parent, "data.content_hash", DATA_HASH)
     out.mkdir(parents=True)
     model = dsl.Model(name="bundle", uri=str(bundle))
     evaluation = dsl.Artifact(name="evaluation", uri=str(out / "evaluation"))
-    promoted = evaluate_component(
-        config_json=cfg.to_json(), parent_run_id=parent,
-        clean_data=dsl.Dataset(name="clean_data", uri=str(clean)), bundle=model,
-        evaluation=evaluation, metrics=dsl.Metrics(name="metrics", uri=str(out / "metrics")),
-        confusion=dsl.ClassificationMetrics(name="confusion", uri=str(out / "confusion")),
-        report=dsl.HTML(name="report", uri=str(out / "report.html")))
-    return {"promoted": promoted, "served": None, "parent": parent, "model": model,
-            "artifact": evaluation, "evaluation": out / "evaluation",
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(tracking.PIPELINE_RUN_ENV, run)
+        promoted = run_stage(
+            "evaluate", cfg, clean_data=dsl.Dataset(name="clean_data", uri=str(clean)),
+            bundle=model, evaluation=evaluation,
+            metrics=dsl.Metrics(name="metrics", uri=str(out / "metrics")),
+            confusion=dsl.ClassificationMetrics(name="confusion", uri=str(out / "confusion")),
+            report=dsl.HTML(name="report", uri=str(out / "report.html")))
+    return {"promoted": promoted, "served": None, "parent": parent, "model": model, "run": run,
+            "artifact": evaluation, "evaluation": out / "evaluation", "out": out,
             "decision": _read(out / "evaluation" / "decision.json")}
 
 
 def _deploy_stage(cfg: Config, ev: dict) -> str:
-    from marketsearch.components.deploy import deploy_component
+    from kfp import dsl
 
-    ev["served"] = deploy_component(config_json=cfg.to_json(), parent_run_id=ev["parent"],
-                                    bundle=ev["model"], evaluation=ev["artifact"])
+    from marketsearch import tracking
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(tracking.PIPELINE_RUN_ENV, ev["run"])
+        run_stage("deploy", cfg, bundle=ev["model"], decision=ev["artifact"],
+                  deployment=dsl.Artifact(name="deployment", uri=str(ev["out"] / "deployment")))
+    ev["served"] = _read(ev["out"] / "deployment" / "deployment.json")["version"]
     return ev["served"]
 
 
@@ -289,6 +289,7 @@ def test_a_weaker_challenger_is_never_promoted(bundles, tracking_url, tmp_path):
 
     from marketsearch import registry
     from marketsearch.components.deploy import deploy
+    from marketsearch.records import Decision
 
     cfg = _registry_cfg(tmp_path, tracking_url, "marketsearch-keep")
     first = _pipeline_tail(cfg, bundles.clean, bundles.strong, tmp_path / "run1", "keep-1")
@@ -315,11 +316,12 @@ def test_a_weaker_challenger_is_never_promoted(bundles, tracking_url, tmp_path):
     assert _served_version(cfg) == champion_version
     # ... and the deploy stage itself refuses a decision that did not promote
     with pytest.raises(ValueError, match="not promoted"):
-        deploy(cfg, bundles.weak, decision)
+        deploy(cfg, bundles.weak, Decision(**decision))
     assert registry.champion(cfg).version == champion_version
     # the evaluate stage's MLflow run holds both scores and which champion it was compared with
+    assert decision["champion_version"] == champion_version
     run = _stage_run(client, second["parent"], "evaluate")
-    assert run.data.params["champion_version"] == champion_version
+    assert run.data.params["evaluate.promotion_metric"] == "accuracy"   # its config section
     assert run.data.metrics["decision.promote"] == 0.0
     metrics = run.data.metrics
     assert metrics["decision.challenger_score"] == pytest.approx(decision["challenger_score"])
@@ -354,17 +356,21 @@ def test_a_better_challenger_is_promoted_with_lineage(bundles, tracking_url, tmp
     assert decision["challenger_score"] > decision["champion_score"] + 0.5
     assert registry.champion(cfg).version == new == _served_version(cfg)
     tags = client.get_model_version("marketsearch-upgrade", new).tags
+    from marketsearch.records import CleanData
+
+    data_hash = CleanData.load(bundles.clean).source["content_hash"]
+    assert len(data_hash) == 64
     assert tags["lineage.pipeline_run"] == "upgrade-2"
-    assert tags["lineage.data_hash"] == DATA_HASH
+    assert tags["lineage.data_hash"] == data_hash
     assert tags["lineage.parent_model_version"] == old
-    assert tags["pipeline_run"] == "upgrade-2" and tags["data.content_hash"] == DATA_HASH
+    assert tags["pipeline_run"] == "upgrade-2" and tags["data.content_hash"] == data_hash
     assert tags["decision"] == "promote"
+    assert decision["champion_version"] == old
     run = _stage_run(client, second["parent"], "evaluate")
-    assert run.data.params["champion_version"] == old
     assert run.data.metrics["decision.promote"] == 1.0
     assert run.data.metrics["decision.champion_score"] == pytest.approx(decision["champion_score"])
     deploy_run = _stage_run(client, second["parent"], "deploy")
-    assert deploy_run.data.params["version"] == new
+    assert deploy_run.data.params["serving.model_dir"] == cfg.serving.model_dir  # its config
 
 
 def test_download_bundle_finds_a_bundle_whatever_its_directory_name(tracking_url, tmp_path):
@@ -379,7 +385,7 @@ def test_download_bundle_finds_a_bundle_whatever_its_directory_name(tracking_url
     (src / "meta.json").write_text(json.dumps({"labels": ["a", "b"], "image_size": 32}))
     tracking.setup(cfg)
     with mlflow.start_run():
-        version = registry.register_bundle(cfg, src, {})
+        version = registry.register_bundle(cfg, src, str(src), {})
     got = registry.download_bundle(cfg, version, tmp_path / "download")
     assert Bundle(got).labels == ["a", "b"]  # FileNotFoundError: not a model bundle
 

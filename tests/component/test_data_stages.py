@@ -8,19 +8,25 @@ import pandas as pd
 import pytest
 
 from marketsearch import snapshot
-from marketsearch.components.clean import CleanData, clean, split_by_id
+from marketsearch.cleaning import split_by_id
+from marketsearch.components.clean import clean, load_db
 from marketsearch.components.ingest import ingest
 from marketsearch.components.validate import ValidationError, validate
+from marketsearch.records import CleanData, Snapshot, ValidatedData
 
 from .conftest import FIXTURE, make_cfg
 
 
 def run_data_stages(cfg, tmp_path):
+    """ingest -> validate -> clean -> load_db, each record saved and read back in between, as
+    the pipeline hands them over."""
     raw, val, cln = tmp_path / "raw", tmp_path / "validated", tmp_path / "clean"
-    manifest = ingest(cfg, raw)
-    report = validate(cfg, raw, val)
-    summary = clean(cfg, val, cln)
-    return manifest, report, summary, CleanData.load(cln)
+    ingest(cfg).save(raw)
+    validate(cfg, Snapshot.load(raw)).save(val)
+    clean(cfg, ValidatedData.load(val)).save(cln)
+    data = CleanData.load(cln)
+    load_db(cfg, data)
+    return (Snapshot.load(raw).manifest, ValidatedData.load(val).report_data, data.summary, data)
 
 
 def _rewrite_csv(path, mutate):
@@ -34,8 +40,8 @@ def _rewrite_csv(path, mutate):
 
 
 def test_ingest_writes_snapshot_with_stable_hash(cfg, tmp_path):
-    first = ingest(cfg, tmp_path / "a")
-    second = ingest(cfg, tmp_path / "b")
+    ingest(cfg).save(tmp_path / "a")
+    first, second = Snapshot.load(tmp_path / "a").manifest, ingest(cfg).manifest
     n_products = len(pd.read_csv(FIXTURE / "products.csv", dtype=str))
     assert first["n_products"] == n_products
     assert first["content_hash"] == second["content_hash"]
@@ -46,8 +52,8 @@ def test_ingest_writes_snapshot_with_stable_hash(cfg, tmp_path):
 
 def test_ingest_hash_changes_with_content(cfg, data_copy, tmp_path):
     _rewrite_csv(data_copy / "products.csv", lambda rows: rows[0].update(price="£999.00"))
-    changed = ingest(make_cfg(tmp_path, data_copy), tmp_path / "changed")
-    assert changed["content_hash"] != ingest(cfg, tmp_path / "orig")["content_hash"]
+    changed = ingest(make_cfg(tmp_path, data_copy)).manifest
+    assert changed["content_hash"] != ingest(cfg).manifest["content_hash"]
 
 
 def test_clean_data_end_to_end(cfg, tmp_path):
@@ -72,12 +78,14 @@ def test_clean_data_end_to_end(cfg, tmp_path):
         assert conn.execute("select count(*) from listing_photos").fetchone()[0] == len(data.images)
 
 
-def test_clean_rerun_changes_nothing_in_db(cfg, tmp_path):
-    run_data_stages(cfg, tmp_path)
-    again = clean(cfg, tmp_path / "validated", tmp_path / "clean2")
-    assert again["upsert"]["products"]["inserted"] == 0
-    assert again["upsert"]["products"]["updated"] == 0
-    assert again["upsert"]["images"]["inserted"] == 0 and again["upsert"]["images"]["updated"] == 0
+def test_load_db_rerun_changes_nothing_in_db(cfg, tmp_path):
+    """load_db is never cached, so it runs on every pipeline run: a rerun on the same clean data
+    must write nothing new."""
+    *_, data = run_data_stages(cfg, tmp_path)
+    again = load_db(cfg, data)
+    assert again["products"]["inserted"] == 0
+    assert again["products"]["updated"] == 0
+    assert again["images"]["inserted"] == 0 and again["images"]["updated"] == 0
 
 
 def test_malformed_input_is_quarantined_with_reasons(data_copy, tmp_path):
@@ -140,9 +148,9 @@ def test_missing_column_is_critical(data_copy, tmp_path):
     df = pd.read_csv(data_copy / "products.csv", dtype=str, keep_default_na=False)
     df.drop(columns=["price"]).to_csv(data_copy / "products.csv", index=False, quoting=csv.QUOTE_ALL)
     cfg = make_cfg(tmp_path, data_copy)
-    ingest(cfg, tmp_path / "raw")
-    with pytest.raises(ValidationError, match="lacks column.*price"):
-        validate(cfg, tmp_path / "raw", tmp_path / "validated")
+    with pytest.raises(ValidationError, match="lacks column.*price") as failed:
+        validate(cfg, ingest(cfg))
+    failed.value.record.save(tmp_path / "validated")   # what the stage's wrapper saves
     assert "price" in (tmp_path / "validated" / "report.md").read_text()
 
 
@@ -150,9 +158,8 @@ def test_too_many_bad_rows_is_critical(data_copy, tmp_path):
     _rewrite_csv(data_copy / "products.csv",
                  lambda rows: [r.update(price="n/a") for r in rows[: len(rows) // 2]] and None)
     cfg = make_cfg(tmp_path, data_copy)
-    ingest(cfg, tmp_path / "raw")
     with pytest.raises(ValidationError, match="failed validation"):
-        validate(cfg, tmp_path / "raw", tmp_path / "validated")
+        validate(cfg, ingest(cfg))
 
 
 def test_split_is_seeded_order_free_and_proportional():

@@ -34,7 +34,7 @@ def assert_section(search: dict, n_listings: int, n_with_photo: int, k: int = 10
 
 def test_search_relevance_on_a_real_bundle(trained):
     from marketsearch.bundle import Bundle
-    from marketsearch.components.clean import CleanData
+    from marketsearch.records import CleanData
     from marketsearch.evaluation import search_relevance
 
     _, clean_dir, bundle_dir = trained
@@ -48,19 +48,20 @@ def test_search_relevance_on_a_real_bundle(trained):
 
 
 def test_evaluate_stage_reports_search_on_the_test_split(trained, tmp_path):
-    from marketsearch.components.clean import CleanData
+    from marketsearch.records import CleanData
     from marketsearch.components.evaluate import evaluate
 
     cfg, clean_dir, bundle_dir = trained
-    summary = evaluate(cfg, clean_dir, bundle_dir, tmp_path / "eval")
+    evaluation = evaluate(cfg, clean_dir, bundle_dir, register=False)
+    evaluation.save(tmp_path / "eval")
     data = CleanData.load(clean_dir)
     test = data.products[data.products["split"] == "test"]
     test_photos = data.images[data.images["split"] == "test"]
     n_with_photo = int(test["id"].isin(test_photos["product_id"]).sum())
     written = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert written["search"] == summary["search"]
-    assert_section(summary["search"], len(test), n_with_photo, cfg.evaluate.search_k)
-    assert "search" not in json.dumps(summary["decision"])  # not part of the comparison
+    assert written["search"] == json.loads(json.dumps(evaluation.result["search"]))
+    assert_section(evaluation.result["search"], len(test), n_with_photo, cfg.evaluate.search_k)
+    assert "search" not in (tmp_path / "eval" / "decision.json").read_text()  # not compared
 
 
 def test_evaluate_cli_prints_search(trained, tmp_path, capsys):

@@ -302,6 +302,14 @@ def _registered_versions(cfg, tmp_path, n: int) -> None:
         client.create_model_version(cfg.mlflow.registered_model, source=str(tmp_path))
 
 
+def _promoted(version: str, champion: str):
+    """evaluate's decision to promote ``version`` over ``champion``."""
+    from marketsearch.records import Decision
+
+    return Decision(promote=True, reason="beats the champion", challenger_score=0.9,
+                    version=version, champion_version=champion)
+
+
 def _bundle(tmp_path) -> Path:
     bundle = tmp_path / "bundle"
     (bundle / "index").mkdir(parents=True)
@@ -325,11 +333,13 @@ def test_deploy_step_uploads_the_bundle_and_creates_the_service(tmp_path, run_di
     routes = {("GET", ONE): [(404, "isvc-not-found"), (200, "isvc-new-ready")],
               ("POST", ISVC_PATH): [(201, "isvc-created")]}
     with FakeKubeApi(routes) as fake:
-        result = deploy(cfg, _bundle(tmp_path), {"promote": True, "version": "3"},
+        result = deploy(cfg, _bundle(tmp_path), _promoted("3", champion="none"),
                         storage_uri="minio://mlpipeline/v2/artifacts/run/bundle", api=fake.api())
     uri = f"s3://{s3_bucket}/serving/marketsearch/3"
-    assert result == {"version": "3", "storage_uri": uri, "inference_service": "marketsearch/marketsearch",
-                      "rollout": "created", "url": "http://marketsearch.marketsearch.example.com"}
+    assert result.version == "3"
+    assert result.target == {"storage_uri": uri, "inference_service": "marketsearch/marketsearch",
+                             "rollout": "created",
+                             "url": "http://marketsearch.marketsearch.example.com"}
     keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(
         Bucket=s3_bucket)["Contents"]}
     assert keys == {"serving/marketsearch/3/manifest.json", "serving/marketsearch/3/index/faiss.index"}
@@ -353,7 +363,7 @@ def test_deploy_step_gives_the_alias_back_when_the_rollout_fails(tmp_path, run_d
               ("PATCH", ONE): [(200, "isvc-canary-patched"), (200, "isvc-rolled-back")]}
     with FakeKubeApi(routes) as fake:
         with pytest.raises(kube.KServeDeployError, match="Rolled InferenceService"):
-            deploy(cfg, tmp_path, {"promote": True, "version": "4"}, storage_uri=V4 + "/",
+            deploy(cfg, tmp_path, _promoted("4", champion="3"), storage_uri=V4 + "/",
                    api=fake.api())
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias(cfg.mlflow.registered_model, "champion").version) == "3"

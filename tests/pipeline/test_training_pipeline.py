@@ -35,6 +35,16 @@ def pipeline_run(tmp_path_factory):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+def _last_pipeline_run(client):
+    """The newest pipeline run's parent MLflow run and its stage runs."""
+    experiment = client.get_experiment_by_name("marketsearch").experiment_id
+    parent = client.search_runs([experiment], filter_string="tags.role = 'pipeline'",
+                                order_by=["attributes.start_time DESC"])[0]
+    children = client.search_runs([experiment],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return parent, children
+
+
 def _run(args, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -52,7 +62,7 @@ def test_pipeline_trains_evaluates_indexes_and_deploys(pipeline_run, capsys):
     for m in ("image", "text", "fusion"):
         assert 0.0 <= summary["test"][m]["accuracy"] <= 1.0
     assert summary["decision"]["promote"] is True  # no champion yet
-    assert summary["index"]["ntotal"] == summary["listings"]["clean"]
+    assert summary["index"]["n_listings"] == summary["listings"]["clean"]
 
     import mlflow
 
@@ -61,13 +71,15 @@ def test_pipeline_trains_evaluates_indexes_and_deploys(pipeline_run, capsys):
     version = client.get_model_version_by_alias("marketsearch", "champion")
     assert version.version == summary["decision"]["version"]
     assert version.tags["lineage.parent_model_version"] == "none"
-    parent = client.search_runs([client.get_experiment_by_name("marketsearch").experiment_id],
-                                filter_string="tags.pipeline_run != ''")[0]
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    parent, children = _last_pipeline_run(client)
+    assert parent.info.status == "FINISHED"          # closed by the DAG's exit handler
     stages = {r.data.tags["stage"] for r in children}
-    assert stages == {"ingest", "validate", "clean", "train_image", "train_text", "train_fusion",
-                      "build_index", "evaluate", "deploy"}
+    assert stages == {"source_version", "ingest", "validate", "clean", "load_db", "train_image",
+                      "train_text", "train_fusion", "build_index", "evaluate", "deploy"}
+    assert {r.info.status for r in children} == {"FINISHED"}
+    train_run = next(r for r in children if r.data.tags["stage"] == "train_image")
+    assert train_run.data.params["image_model.input_size"] == "64"   # its own config section
+    assert not any(k.startswith("drift.") for k in train_run.data.params)
     evaluate_run = next(r for r in children if r.data.tags["stage"] == "evaluate")
     assert "test.fusion.accuracy" in evaluate_run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(evaluate_run.info.run_id, "plots")}
@@ -77,16 +89,41 @@ def test_pipeline_trains_evaluates_indexes_and_deploys(pipeline_run, capsys):
     assert (served / "fused.keras").exists() and (served / "index" / "index.faiss").exists()
 
 
-def test_second_run_does_not_replace_an_equal_champion(pipeline_run, capsys):
-    """Same data, same seed: the challenger cannot beat the champion, so it is kept."""
+def test_a_second_run_on_the_same_data_reuses_every_cached_stage(pipeline_run, capsys):
+    """Same data, same config, same code: kfp.local's cache hands every cached stage the first
+    run's outputs. Only the stages that act outside their artifacts run again (the source's
+    fingerprint, the database load, evaluate, and the run's open and close); evaluate finds
+    the bundle already registered, and the champion it is, so nothing is promoted."""
     tmp, url, args = pipeline_run
     first = json.loads((tmp / "runs" / "serving" / "marketsearch" / "VERSION").read_text())
     summary = _run(args, capsys)
-    assert summary["decision"]["version"] != first["version"]
-    if not summary["decision"]["promote"]:
-        served = json.loads((tmp / "runs" / "serving" / "marketsearch" / "VERSION").read_text())
-        assert served["version"] == first["version"]
-    assert "champion" in summary["decision"]["reason"]
+    ran = {p.name for p in Path(summary["run_dir"]).iterdir() if p.is_dir()}
+    assert ran == {"open-run", "source-version", "load-db", "evaluate", "close-run"}, ran
+    assert summary["decision"]["version"] == first["version"]  # the same bundle, registered once
+    assert summary["decision"]["promote"] is False and "champion" in summary["decision"]["reason"]
+    served = json.loads((tmp / "runs" / "serving" / "marketsearch" / "VERSION").read_text())
+    assert served["version"] == first["version"]
+    for table in ("listings", "photos"):   # the summary still accounts for every row
+        assert summary[table]["accounted"], summary[table]
+
+
+def test_a_failing_stage_fails_the_run_and_leaves_no_mlflow_run_open(pipeline_run, capsys):
+    """train_text fails half-way through the DAG (a TF-Hub encoder that is not there); the exit
+    handler still runs and closes the pipeline's MLflow run FAILED, with every stage run
+    closed."""
+    import mlflow
+
+    tmp, url, args = pipeline_run
+    with pytest.raises(SystemExit):
+        main(args + ["--set", "text_model.encoder=tfhub",
+                     "--set", f"text_model.hub_handle={tmp / 'no-such-encoder'}"])
+    client = mlflow.MlflowClient(url)
+    parent, children = _last_pipeline_run(client)
+    assert parent.info.status == "FAILED"
+    status = {r.data.tags["stage"]: r.info.status for r in children}
+    assert status["train_text"] == "FAILED"
+    assert "RUNNING" not in status.values(), status
+    assert "evaluate" not in status and "deploy" not in status
 
 
 def test_evaluate_cli_prints_json(pipeline_run):

@@ -4,7 +4,7 @@ No KFP deployment exists here, so the test runs a small HTTP server that impleme
 v2beta1 REST endpoints the ``kfp.Client`` calls (healthz, experiments, recurring runs), with
 the paths and JSON shapes of kfp_server_api, keeps their state and records every request. The
 real ``kfp.Client`` talks to it. The package is the training pipeline compiled to YAML, the
-stand-in for the monitoring pipeline (same shape: one ``config_json`` parameter).
+stand-in for the monitoring pipeline (same shape: one parameter per config section).
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ import pytest
 import yaml
 
 from marketsearch.config import Config, load_config
-from marketsearch.schedule import (ScheduleError, cmd_schedule, schedule, schedule_recurring_run)
+from marketsearch.schedule import (ScheduleError, _parameters, cmd_schedule, schedule,
+                                   schedule_recurring_run)
+from marketsearch.steps.kfp import config_from_parameters
 
 API = "/apis/v2beta1"
 
@@ -195,10 +197,10 @@ def test_schedule_creates_the_recurring_run_from_the_config(kfp_api, package, tm
     # the whole pipeline spec of the package, as compiled
     assert body["pipeline_spec"] == yaml.safe_load(package.read_text())
     assert body["pipeline_spec"]["pipelineInfo"]["name"] == "marketsearch-training"
-    # and the loaded config as the run's one parameter
+    # and the loaded config as the run's parameters, one per section
     params = body["runtime_config"]["parameters"]
-    assert set(params) == {"config_json"}
-    assert Config.from_json(params["config_json"]) == cfg
+    assert set(params) == set(_parameters(body["pipeline_spec"]))
+    assert config_from_parameters(params) == cfg
     # before anything was created, the experiment and the recurring run were looked up by name
     i_find_exp = fake.calls("GET", f"{API}/experiments")[0][0]
     [(i_create_exp, _)] = fake.calls("POST", f"{API}/experiments")
@@ -225,7 +227,7 @@ def test_the_monitoring_pipeline_is_scheduled_as_is(kfp_api, tmp_path, caplog):
     body = fake.recurring_runs[run_id]
     assert body["pipeline_spec"]["pipelineInfo"]["name"] == "marketsearch-monitoring"
     assert body["pipeline_spec"] == yaml.safe_load(package.read_text())
-    assert Config.from_json(body["runtime_config"]["parameters"]["config_json"]) == cfg
+    assert config_from_parameters(body["runtime_config"]["parameters"]) == cfg
     assert "not 'marketsearch-monitoring'" not in caplog.text
 
 
@@ -326,7 +328,7 @@ def test_bad_package_or_parameters_fail_before_anything_is_deleted(kfp_api, pack
     spec = yaml.safe_load(package.read_text())
     spec["root"]["inputDefinitions"]["parameters"] = {"other": {"parameterType": "STRING"}}
     (tmp_path / "noparam.yaml").write_text(yaml.safe_dump(spec))
-    with pytest.raises(ScheduleError, match="no config_json parameter"):
+    with pytest.raises(ScheduleError, match="lacks the config parameter"):
         schedule(cfg, tmp_path / "noparam.yaml")
     assert fake.requests == []
 

@@ -266,7 +266,7 @@ def clean(fixture_dir):
     """The fixture's listings and photos through the pipeline's clean_frames (no gazetteer:
     coordinates play no part here)."""
     from marketsearch import sources
-    from marketsearch.components.clean import clean_frames
+    from marketsearch.cleaning import clean_frames
 
     class NoGazetteer:
         def lookup(self, _):

@@ -110,8 +110,8 @@ class MonitoringConfig(_Section):
     service_account: str | None = None
     # Root of the runs' output artifacts (None: the KFP deployment's default pipeline root).
     pipeline_root: str | None = None
-    # Send this config as the runs' config_json parameter (false: the default compiled into
-    # the package is used).
+    # Send this config as the runs' parameters, one per section (false: the defaults compiled
+    # into the package are used).
     pass_config: bool = True
     # Compile/run the monitoring DAG without its training branch: drift checks only
     # (`marketsearch monitor --dry-run`).

@@ -40,11 +40,14 @@ class ServingConfig(_Section):
     inference_threads: int = 2
 
 
-# The pipeline's stages (KFP task names use dashes: train-image-component) and the kind of
+# The pipeline's stages (KFP task names use dashes: train-image) and the kind of
 # each, which picks its image and its Kubernetes requests/limits.
-KFP_STAGES = ("ingest", "validate", "clean", "train_image", "train_text", "train_fusion",
-              "build_index", "evaluate", "deploy", "drift_check")
-KFP_STAGE_KINDS = {"ingest": "data", "validate": "data", "clean": "data", "deploy": "data",
+KFP_STAGES = ("open_run", "source_version", "ingest", "validate", "clean", "load_db",
+              "train_image", "train_text", "train_fusion", "build_index", "evaluate", "deploy",
+              "drift_check", "close_run")
+KFP_STAGE_KINDS = {"open_run": "data", "source_version": "data", "ingest": "data",
+                   "validate": "data", "clean": "data", "load_db": "data", "deploy": "data",
+                   "close_run": "data",
                    "train_image": "train", "train_text": "train", "train_fusion": "train",
                    "build_index": "evaluate", "evaluate": "evaluate", "drift_check": "evaluate"}
 
@@ -101,12 +104,13 @@ class KfpConfig(_Section):
     retry_backoff: str = "30s"
     retry_backoff_factor: float = 2.0
     retry_backoff_max: str = "3600s"
-    # KFP caching per stage (absent: KFP's default, on). Off where a stage reads the outside
-    # world (ingest) or decides/acts on it (evaluate compares with the current champion,
-    # deploy promotes).
-    caching: dict[str, bool] = {"ingest": False, "validate": True, "clean": True,
-                                "train_image": True, "train_text": True, "train_fusion": True,
-                                "build_index": True, "evaluate": False, "deploy": False}
+    # KFP caching per stage (absent: on). A stage that acts outside its artifacts (source_version,
+    # load_db, evaluate, deploy, drift_check, open_run, close_run; see marketsearch.steps) is
+    # never cached whatever this says; set a stage false here to always rerun it.
+    caching: dict[str, bool] = {}
+    # kfp.local's own cache (`marketsearch run` / `monitor`): a second run on the same data and
+    # config reuses every cached stage's outputs from <pipeline_root>/.kfp_cache.
+    local_caching: bool = True
     # Secrets reach every stage as environment variables from Kubernetes secrets (in the
     # namespace the pipeline's pods run in), never as literals: env var -> key in the secret
     # `secret_name`, or "<other-secret>/<key>" for a key of another secret.

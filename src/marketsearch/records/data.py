@@ -1,0 +1,180 @@
+"""The data records: raw snapshot (ingest) -> validated snapshot (validate) -> clean data (clean).
+
+Each carries ``source``, the raw snapshot's manifest (source, counts, content hash), so a
+model trained on it can say which data it came from without asking the run that made it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from marketsearch import quarantine, snapshot
+from marketsearch.records.base import Record, Report
+
+
+@dataclass
+class Snapshot(Record):
+    """ingest's output: the listings and photos as the source holds them (schema.py: raw)."""
+    products: pd.DataFrame
+    images: pd.DataFrame       # with ``data`` (photo bytes), ``sha256`` and ``source_error``
+    manifest: dict             # source, location, counts, content_hash
+
+    FILES = {"products.parquet": "listings, every value a string",
+             "images.parquet": "photo rows with their bytes (data), sha256 and source_error",
+             "snapshot.json": "source, location, counts and the content hash"}
+
+    def save(self, directory):
+        snapshot.write_tables(directory, products=self.products, images=self.images)
+        snapshot.write_json(directory, "snapshot.json", self.manifest)
+
+    @classmethod
+    def load(cls, directory):
+        return cls(snapshot.read_table(directory, "products"),
+                   snapshot.read_table(directory, "images"),
+                   snapshot.read_json(directory, "snapshot.json"))
+
+    def metrics(self):
+        return {k: v for k, v in self.manifest.items() if k.startswith("n_")}
+
+    def headline(self):
+        m = self.manifest
+        return (f"{m['n_products']} listings, {m['n_images']} photos from {m['source']} "
+                f"(hash {m['content_hash'][:12]})")
+
+
+@dataclass
+class ValidatedData(Record):
+    """validate's output: the rows that passed, the quarantined ones with their reasons, and the
+    Great Expectations report."""
+    products: pd.DataFrame
+    images: pd.DataFrame
+    quarantine: pd.DataFrame
+    report_data: dict          # counts, checks, critical failures (report_markdown)
+    source: dict = field(default_factory=dict)
+
+    FILES = {"products.parquet": "listings that passed", "images.parquet": "photos that passed",
+             "quarantine.parquet": "rows that failed, each with its field and reason",
+             "report.json": "per-expectation results and counts", "report.md": "the same, to read",
+             "source.json": "the raw snapshot's manifest"}
+
+    def save(self, directory):
+        snapshot.write_tables(directory, products=self.products, images=self.images,
+                              quarantine=self.quarantine)
+        snapshot.write_json(directory, "report.json", self.report_data)
+        (Path(directory) / "report.md").write_text(report_markdown(self.report_data))
+        snapshot.write_json(directory, "source.json", self.source)
+
+    @classmethod
+    def load(cls, directory):
+        source = Path(directory) / "source.json"
+        return cls(snapshot.read_table(directory, "products"),
+                   snapshot.read_table(directory, "images"),
+                   snapshot.read_table(directory, "quarantine"),
+                   snapshot.read_json(directory, "report.json"),
+                   snapshot.read_json(directory, "source.json") if source.exists() else {})
+
+    def metrics(self):
+        return {k: v for k, v in self.report_data.items() if k.startswith("n_")}
+
+    def headline(self):
+        r = self.report_data
+        return (f"{r.get('n_products_valid', 0)}/{r['n_products']} listings and "
+                f"{r.get('n_images_valid', 0)}/{r['n_images']} photos pass; "
+                f"{len(self.quarantine)} rows quarantined")
+
+    def report(self, directory):
+        return Report("Data validation", [], {}, markdown=report_markdown(self.report_data))
+
+
+def report_markdown(report: dict) -> str:
+    """validate's report as Markdown (the KFP UI shows it)."""
+    lines = ["# Data validation", ""]
+    if report["critical"]:
+        lines += ["**Critical failures, the run stops:**", ""] + [f"- {c}" for c in report["critical"]] + [""]
+    lines += [f"Listings: {report.get('n_products_valid', 0)} of {report['n_products']} pass; "
+              f"photos: {report.get('n_images_valid', 0)} of {report['n_images']} pass.", ""]
+    for table, checks in report.get("checks", {}).items():
+        lines += [f"## {table}", "", "| expectation | column | failing rows |", "|---|---|---|"]
+        lines += [f"| {c['expectation']} | {c['column']} | {c['unexpected']} |" for c in checks]
+        lines.append("")
+    reasons = report.get("quarantine_reasons") or {}
+    if reasons:
+        lines += ["## Quarantined", "", "| table | reason | rows |", "|---|---|---|"]
+        for table, by_reason in reasons.items():
+            lines += [f"| {table} | {r} | {n} |" for r, n in sorted(by_reason.items(), key=lambda x: -x[1])]
+    return "\n".join(lines) + "\n"
+
+
+PIXELS_FILE = "images_uint8.npy"
+THUMBS_TABLE = "thumbnails"
+
+
+@dataclass
+class CleanData(Record):
+    """clean's output, the data contract of training, the index, evaluation and drift checks."""
+    products: pd.DataFrame
+    images: pd.DataFrame
+    pixels: np.ndarray  # uint8 [n_images, size, size, 3], row i belongs to images.row == i
+    quarantine: list[dict] = field(default_factory=list)
+    # One JPEG per listing (its first photo) for the search page: columns product_id, jpeg.
+    thumbnails: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame({"product_id": [], "jpeg": []}))
+    summary: dict = field(default_factory=dict)   # counts, splits, labels (clean.clean)
+    source: dict = field(default_factory=dict)
+
+    FILES = {"products.parquet": "typed listings with their split (schema.CLEAN_PRODUCT_COLUMNS)",
+             "images.parquet": "photo rows; `row` indexes the pixel array",
+             PIXELS_FILE: "uint8 [photos, size, size, 3], square RGB",
+             "quarantine.parquet": "rows clean refused, with the reason",
+             f"{THUMBS_TABLE}.parquet": "one JPEG per listing for the search page",
+             "summary.json": "counts, splits, labels", "source.json": "the raw snapshot's manifest"}
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted(self.products["category"].unique())
+
+    def save(self, directory):
+        out_dir = Path(directory)
+        snapshot.write_tables(out_dir, products=self.products, images=self.images,
+                              quarantine=quarantine.frame(self.quarantine),
+                              **{THUMBS_TABLE: self.thumbnails})
+        np.save(out_dir / PIXELS_FILE, self.pixels)
+        snapshot.write_json(out_dir, "summary.json", self.summary)
+        snapshot.write_json(out_dir, "source.json", self.source)
+
+    @classmethod
+    def load(cls, directory):
+        d = Path(directory)
+        q = snapshot.read_table(d, "quarantine")
+        data = cls(snapshot.read_table(d, "products"), snapshot.read_table(d, "images"),
+                   np.load(d / PIXELS_FILE), q.to_dict("records"))
+        if (d / f"{THUMBS_TABLE}.parquet").exists():
+            data.thumbnails = snapshot.read_table(d, THUMBS_TABLE)
+        for name in ("summary", "source"):
+            if (d / f"{name}.json").exists():
+                setattr(data, name, snapshot.read_json(d, f"{name}.json"))
+        return data
+
+    def metrics(self):
+        return {k: v for k, v in self.summary.items() if k.startswith("n_") or k == "splits"}
+
+    def headline(self):
+        s = self.summary
+        return (f"{s.get('n_products')} listings ({s.get('n_geocoded')} geocoded), "
+                f"{s.get('n_images')} photos; quarantined {s.get('n_products_quarantined')} "
+                f"listings, {s.get('n_images_quarantined')} photos")
+
+    def report(self, directory):
+        from marketsearch import plots
+
+        fig_dir = Path(directory) / "plots"
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        p = self.products
+        pngs = [plots.price_distribution_png(p["price"].to_numpy(), fig_dir / "price_distribution.png"),
+                plots.category_counts_png(p["category"].tolist(), fig_dir / "category_counts.png"),
+                plots.uk_map_png(p["lat"].to_numpy(), p["lon"].to_numpy(), fig_dir / "uk_map.png",
+                                 categories=p["category"].tolist())]
+        return Report("Clean data", pngs, self.summary)
