@@ -18,6 +18,11 @@ def _config(args):
     return load_config(args.config, args.set)
 
 
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="show every stage's full output (default: in <run_dir>/logs/ only)")
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (default: config/local.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -208,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="run the training pipeline locally through kfp.local")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="also print the run summary as JSON")
-    p.add_argument("--verbose", action="store_true",
-                   help="show every stage's full output (default: in <run_dir>/logs/ only)")
+    _add_verbose(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("evaluate", help="evaluate a bundle on a directory laid out like the shared data")
@@ -231,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="a folder laid out like the shared data holding the new "
                                   "listings (added to data.local_dir's)")
     p.add_argument("--dry-run", action="store_true", help="stop after the drift checks")
-    p.add_argument("--verbose", action="store_true",
-                   help="show every stage's full output (default: in <run_dir>/logs/ only)")
+    _add_verbose(p)
     p.add_argument("--json", action="store_true",
                    help='print {"drift", "checks", "retrained", "promoted"} on the last line')
     p.set_defaults(func=cmd_monitor)

