@@ -411,3 +411,27 @@ def test_a_stale_decision_does_not_replace_a_newer_better_champion(bundles, trac
     assert registry.champion(cfg).version == newer, (
         f"version {a['decision']['version']} (accuracy {a['decision']['challenger_score']:.3f}) "
         f"replaced champion {newer} (accuracy {run_b['decision']['challenger_score']:.3f})")
+
+
+def test_evaluate_feeds_deploy_without_kfp(bundles, tracking_url, tmp_path):
+    """The typed contract, called as plain functions: evaluate registers the challenger and
+    returns its Decision; deploy takes that Decision and promotes exactly that version."""
+    from marketsearch import registry
+    from marketsearch.components.deploy import deploy
+    from marketsearch.components.evaluate import evaluate
+    from marketsearch.records import Decision, Deployment, Evaluation
+
+    cfg = _registry_cfg(tmp_path, tracking_url, "marketsearch-contract")
+    evaluation = evaluate(cfg, bundles.clean, bundles.strong)
+    assert isinstance(evaluation, Evaluation) and isinstance(evaluation.decision, Decision)
+    decision = evaluation.decision
+    assert decision.promote and decision.champion_version == "none"
+    assert decision.version is not None and registry.champion(cfg) is None
+    deployment = deploy(cfg, bundles.strong, decision)
+    assert deployment == Deployment(decision.version,
+                                    {"model_dir": str(cfg.path(cfg.serving.model_dir))})
+    assert str(registry.champion(cfg).version) == decision.version == _served_version(cfg)
+    # the same bundle again: registered once, and it cannot beat itself
+    again = evaluate(cfg, bundles.clean, bundles.strong).decision
+    assert again.version == decision.version and again.promote is False
+    assert again.champion_version == decision.version
