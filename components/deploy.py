@@ -1,11 +1,14 @@
 """deploy: promote the evaluated version to champion and put its bundle where it is served.
 
-Runs only when evaluate decided to promote. First the MLflow alias "champion" moves to the new
-version, then:
+Runs only when evaluate decided to promote, and only while the champion is still the one the
+decision was compared with:
 
-* on a laptop (``kserve.enabled`` false, the default) the bundle is copied into the model
-  server's model directory (``serving.model_dir``);
-* on a cluster (``kserve.enabled``) the KServe InferenceService is rolled out to the bundle
+* on a laptop (``kserve.enabled`` false, the default) the bundle is published into the model
+  server's model directory (``serving.model_dir``) first, complete and in one atomic swap, and
+  the MLflow alias "champion" moves after it, all under a lock (marketsearch.publish); if the
+  alias cannot move, the previous bundle is swapped back;
+* on a cluster (``kserve.enabled``) the bundle is uploaded first, the alias moves, then the
+  KServe InferenceService is rolled out to the bundle
   (marketsearch.kube: created when absent, else a canary that is promoted once Ready or rolled
   back). KServe downloads the bundle itself, so it must be in object storage: the bundle
   artifact's own URI in the pipeline root (an s3:// pipeline root), or, with
@@ -14,7 +17,6 @@ version, then:
   fails with the reason.
 """
 
-import json
 import logging
 from pathlib import Path
 
@@ -45,23 +47,47 @@ def deploy(cfg: Config, bundle: Bundle, decision: Decision, storage_uri: str | N
         raise ValueError("deploy called with a decision that names no registered version "
                          "(evaluate ran with register=False)")
     version = str(decision.version)
-    compared = decision.champion_version
-    current = registry.champion(cfg)
-    if compared is not None and str(current.version if current else "none") != str(compared):
-        raise ValueError(f"deploy: version {version} was compared with champion {compared}, but "
-                         f"the champion is now {current.version if current else 'none'} (another "
-                         "run promoted it meanwhile); not promoting a stale decision")
-    if cfg.kserve.enabled:                 # where KServe will read it, before the alias moves
-        storage_uri = _cluster_storage_uri(cfg, bundle_dir, version, storage_uri)
-    previous = current if cfg.kserve.enabled else None
-    registry.promote(cfg, version, {"pipeline_run": decision.pipeline_run,
-                                    "data_hash": decision.data_hash})
+    lineage = {"pipeline_run": decision.pipeline_run, "data_hash": decision.data_hash}
     if cfg.kserve.enabled:
-        return _deploy_to_cluster(cfg, version, storage_uri, previous, api)
+        current = _check_fresh(cfg, version, decision.champion_version)
+        # where KServe will read it, before the alias moves
+        storage_uri = _cluster_storage_uri(cfg, bundle_dir, version, storage_uri)
+        registry.promote(cfg, version, lineage)
+        return _deploy_to_cluster(cfg, version, storage_uri, current, api)
+    return _deploy_locally(cfg, bundle_dir, version, decision.champion_version, lineage)
+
+
+def _check_fresh(cfg: Config, version: str, compared: str | None):
+    """The current champion, if it is still the one the decision was compared with."""
+    from marketsearch import registry
+
+    current = registry.champion(cfg)
+    now = str(current.version) if current else "none"
+    if compared is not None and now != str(compared):
+        raise ValueError(f"deploy: version {version} was compared with champion {compared}, but "
+                         f"the champion is now {now} (another run promoted it meanwhile); not "
+                         "promoting a stale decision")
+    return current
+
+
+def _deploy_locally(cfg: Config, bundle_dir: Path, version: str, compared: str | None,
+                    lineage: dict) -> Deployment:
+    """Publish into the served directory (marketsearch.publish), then move the alias, both
+    under the deploy lock; the alias is checked again just before it moves."""
+    from marketsearch import publish, registry
+
     target = cfg.path(cfg.serving.model_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    Bundle.copy(bundle_dir, target)
-    (target / "VERSION").write_text(json.dumps({"model": cfg.mlflow.registered_model, "version": version}))
+    with publish.deploy_lock(target):
+        current = registry.champion(cfg)
+        publish.recover(target, str(current.version) if current else None)
+        _check_fresh(cfg, version, compared)
+
+        def move_alias() -> None:
+            _check_fresh(cfg, version, compared)
+            registry.promote(cfg, version, lineage)
+
+        publish.publish(bundle_dir, target, {"model": cfg.mlflow.registered_model,
+                                             "version": version}, move_alias)
     log.info("deploy: version %s is champion, served from %s", version, target)
     return Deployment(version, {"model_dir": str(target)})
 

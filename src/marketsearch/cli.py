@@ -152,6 +152,10 @@ def cmd_serve(args) -> int:
     from marketsearch.serving.server import serve
 
     cfg = _config(args)
+    if not args.model:                     # the deployed bundle: finish a deploy that died
+        from marketsearch.publish import recover_served
+
+        recover_served(cfg)
     serve(_serving_model_dir(cfg, args.model), cfg.serving, args.port)
     return 0
 

@@ -51,8 +51,10 @@ class Answer:
 
 def resolve_bundle_dir(path: str | Path) -> Path:
     """A bundle directory, as given or as KServe mounts a storageUri (``/mnt/models``, which
-    holds either the bundle itself or one directory that does)."""
-    path = Path(path)
+    holds either the bundle itself or one directory that does). A served symlink
+    (marketsearch.publish) is resolved, so a server keeps reading the bundle it loaded even
+    after a deploy swaps the link."""
+    path = Path(path).resolve()
     if (path / "meta.json").exists():
         return path
     if path.is_dir():
