@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from marketsearch import checksums
 from marketsearch.bundle import Bundle
 from marketsearch.config import Config
 from marketsearch.records import CleanData, TrainedModel
@@ -85,5 +86,6 @@ def build_index(cfg: Config, clean_data: CleanData, fused_model: TrainedModel,
     result = {"n_listings": len(ids), "index_type": cfg.index.type_for(len(ids)), "dim": int(vecs.shape[1]),
               f"recall_at_{cfg.index.recall_k}": float(recall), **reference}
     (out_dir / BUILD_FILE).write_text(json.dumps(result, indent=2, default=float))
+    checksums.write(out_dir)             # last: the bundle is complete as it stands now
     log.info("build_index: %s", result)
     return bundle

@@ -20,6 +20,7 @@ decision was compared with:
 import logging
 from pathlib import Path
 
+from marketsearch import checksums
 from marketsearch.bundle import Bundle
 from marketsearch.config import Config
 from marketsearch.records import Decision, Deployment
@@ -40,6 +41,7 @@ def deploy(cfg: Config, bundle: Bundle, decision: Decision, storage_uri: str | N
     from marketsearch import registry
 
     bundle_dir = bundle.root if isinstance(bundle, Bundle) else Path(bundle)  # files to move
+    checksums.verify(bundle_dir)           # publish nothing that is not what was evaluated
     decision = Decision.coerce(decision)
     if not decision.promote:
         raise ValueError(f"deploy called for a version that was not promoted: {decision.reason}")

@@ -16,6 +16,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from marketsearch import checksums
 from marketsearch.bundle import Bundle
 from marketsearch.config import Config
 from marketsearch.records import CleanData, Decision, Evaluation
@@ -39,6 +40,7 @@ def evaluate(cfg: Config, clean_data: CleanData, bundle: Bundle, bundle_uri: str
 
     data = CleanData.coerce(clean_data)
     challenger = Bundle.coerce(bundle)
+    challenger.verify()                     # before any of its files is loaded
     with tempfile.TemporaryDirectory() as tmp:
         current = registry.champion(cfg) if register and champion_dir is None else None
         if current is not None:
@@ -53,7 +55,8 @@ def evaluate(cfg: Config, clean_data: CleanData, bundle: Bundle, bundle_uri: str
                 "pipeline_run": decision.pipeline_run, "data.content_hash": decision.data_hash,
                 "test.fusion.accuracy": result["fusion"]["accuracy"],
                 "decision": "promote" if decision.promote else "keep",
-                "decision.reason": decision.reason})
+                "decision.reason": decision.reason,
+                "bundle.checksums_sha256": checksums.digest(challenger.root)})
     # what it was given, so the run's summary needs no other stage's output (they may be cached)
     result["inputs"] = {"source": data.source, "clean": data.summary, "index": challenger.metrics()}
     evaluation = Evaluation(result, decision, challenger.labels, champion)
@@ -79,6 +82,11 @@ def score(cfg: Config, data: CleanData, challenger: Bundle, champion_dir
     fair = {"n_test_pairs": len(test), "n_seen_by_champion": 0}
     if champion_dir is not None:
         champion_bundle = Bundle(champion_dir)
+        if checksums.digest(champion_dir) is None:
+            log.warning("evaluate: the champion bundle has no %s (built before bundles carried "
+                        "one); it is compared unverified", checksums.CHECKSUMS_FILE)
+        else:
+            champion_bundle.verify()
         champion_bundle.feature_cache = challenger.feature_cache  # keyed by its own weights
         fair_test, fair = unseen_by(champion_bundle, test)
         if len(fair_test):

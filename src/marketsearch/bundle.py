@@ -11,6 +11,7 @@
                    evaluation can keep them out of the pairs this model is scored on
     reference/     the drift checks' reference (marketsearch.drift)
     build.json     build_index's figures: listings indexed, index type, recall@k
+    checksums.json sha256 of every file above (marketsearch.checksums), written last
 
 Training, evaluation, the index build and the server all go through ``Bundle`` so that a
 listing is preprocessed and embedded the same way everywhere.
@@ -49,7 +50,8 @@ class Bundle(Record):
              "image.keras, text.keras, fused.keras, vocab.json": "the models",
              "index/": "FAISS index, id map, listing metadata",
              "thumbnails.parquet": "a JPEG per listing", SEEN_FILE: "ids the models learned from",
-             "reference/": "the drift reference", BUILD_FILE: "build_index's figures"}
+             "reference/": "the drift reference", BUILD_FILE: "build_index's figures",
+             "checksums.json": "sha256 of every other file, verified before loading"}
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -256,6 +258,13 @@ class Bundle(Record):
     def save(self, directory):
         if Path(directory).resolve() != self.root.resolve():
             Bundle.copy(self.root, directory)
+
+    def verify(self) -> str:
+        """Check every file against ``checksums.json`` (marketsearch.checksums) before anything
+        is loaded; returns the manifest's digest. Raises IntegrityError naming the file."""
+        from marketsearch import checksums
+
+        return checksums.verify(self.root)
 
     def metrics(self):
         path = self.root / BUILD_FILE

@@ -167,6 +167,7 @@ def _photo_b64(path: str) -> str:
 
 
 def cmd_search(args) -> int:
+    from marketsearch.checksums import IntegrityError
     from marketsearch.serving.contract import RequestError
     from marketsearch.serving.engine import SearchEngine
 
@@ -174,7 +175,11 @@ def cmd_search(args) -> int:
         print(f"error: --image {args.image}: no such file", file=sys.stderr)
         return 2
     cfg = _config(args)
-    engine = SearchEngine.load(_serving_model_dir(cfg, args.model), cfg.serving)
+    try:
+        engine = SearchEngine.load(_serving_model_dir(cfg, args.model), cfg.serving)
+    except IntegrityError as exc:
+        print(f"error: refusing the bundle: {exc}", file=sys.stderr)
+        return 2
     instance = {"product_name": args.query or None, "k": args.k, "location": args.near}
     if args.image:
         instance["image_b64"] = _photo_b64(args.image)

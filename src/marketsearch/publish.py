@@ -4,8 +4,8 @@ with one atomic step, undone when the registry does not follow, and recovered af
 ``serving.model_dir`` is a symlink to one of the bundles under ``<its parent>/.bundles/``:
 
 1. under an exclusive lock (a second deploy fails at once, naming the lock), the bundle is
-   copied into a fresh uniquely named directory there, with ``VERSION`` written into it, and
-   every file and directory fsynced;
+   copied into a fresh uniquely named directory there, verified against its checksums, with
+   ``VERSION`` written into it, and every file and directory fsynced;
 2. a journal records the swap about to happen (the previous target and the new one);
 3. the symlink is replaced by ``rename`` (atomic: a reader sees the old bundle or the new one,
    never a mixture or nothing);
@@ -29,6 +29,8 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from marketsearch import checksums
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ def stage(src: str | Path, served: str | Path, version_info: dict) -> Path:
     target = bundles / f"{version_info.get('version', 'v')}-{uuid.uuid4().hex[:8]}"
     crash_point("before_copy")
     shutil.copytree(src, target, copy_function=_copy_then_maybe_crash)
+    checksums.verify(target, "the copied bundle")      # the copy is what was built
     (target / VERSION_FILE).write_text(json.dumps(version_info))
     _fsync_tree(target)
     crash_point("after_copy")

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from marketsearch import checksums
 from marketsearch.config import Config
 from tests.support import mlflow_server, run_stage, tiny_config, train_tiny_bundle
 
@@ -39,6 +40,7 @@ def _edit_fused_head(src: Path, dst: Path, edit) -> Path:
     model = keras.models.load_model(dst / "fused.keras", compile=False)
     edit(model.get_layer("from_features").get_layer("fusion"))
     model.save(dst / "fused.keras")
+    checksums.write(dst)                 # a new bundle, with its own manifest
     return dst
 
 
@@ -150,6 +152,7 @@ def _with_seen(src: Path, dst: Path, seen: list[str] | None) -> Path:
     (dst / SEEN_FILE).unlink()
     if seen is not None:
         (dst / SEEN_FILE).write_text(json.dumps(seen))
+    checksums.write(dst)
     return dst
 
 
@@ -383,6 +386,7 @@ def test_download_bundle_finds_a_bundle_whatever_its_directory_name(tracking_url
     src = tmp_path / "challenger-bundle"
     src.mkdir()
     (src / "meta.json").write_text(json.dumps({"labels": ["a", "b"], "image_size": 32}))
+    checksums.write(src)
     tracking.setup(cfg)
     with mlflow.start_run():
         version = registry.register_bundle(cfg, src, str(src), {})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from marketsearch import checksums
 from marketsearch.config import load_config
 from marketsearch.publish import CRASH_ENV, CRASH_POINTS, DeployLockError, deploy_lock, recover
 
@@ -27,6 +28,7 @@ def _bundle(tmp_path: Path, version: str) -> Path:
     (root / "index").mkdir(parents=True)
     for name in ("meta.json", "fused.keras", "text.keras", "index/index.faiss"):
         (root / name).write_text(json.dumps({"version": version, "file": name}))
+    checksums.write(root)
     return root
 
 

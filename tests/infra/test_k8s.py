@@ -396,6 +396,11 @@ def test_checkov_passes_on_k8s():
     assert failed == [] and proc.returncode == 0, failed or proc.stderr[-2000:]
     skipped = [c for r in reports for c in r["results"]["skipped_checks"]]
     assert all(c["check_result"].get("suppress_comment") for c in skipped), skipped
+    # and it scanned something: the base and every overlay, their Deployments among them
+    passed = [c for r in reports for c in r["results"]["passed_checks"]]
+    scanned = {c["resource"].split(":Deployment.")[0] for c in passed if ":Deployment." in c["resource"]}
+    assert scanned >= {"base", "overlay:overlays/eks", "overlay:overlays/kind"}, scanned
+    assert len(passed) > 100, len(passed)
 
 
 def test_deploy_step_builds_what_the_eks_overlay_has(rendered):

@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
-from marketsearch import kube
+from marketsearch import checksums, kube
 from marketsearch.config import load_config
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -315,6 +315,7 @@ def _bundle(tmp_path) -> Path:
     (bundle / "index").mkdir(parents=True)
     (bundle / "manifest.json").write_text('{"labels": ["a", "b"]}')
     (bundle / "index" / "faiss.index").write_bytes(b"\0" * 64)
+    checksums.write(bundle)
     return bundle
 
 
@@ -342,7 +343,8 @@ def test_deploy_step_uploads_the_bundle_and_creates_the_service(tmp_path, run_di
                              "url": "http://marketsearch.marketsearch.example.com"}
     keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(
         Bucket=s3_bucket)["Contents"]}
-    assert keys == {"serving/marketsearch/3/manifest.json", "serving/marketsearch/3/index/faiss.index"}
+    assert keys == {"serving/marketsearch/3/manifest.json", "serving/marketsearch/3/index/faiss.index",
+                    "serving/marketsearch/3/checksums.json"}
     assert kube.storage_uri_of(fake.requests[1]["body"]["spec"]["predictor"]) == uri
     alias = mlflow.MlflowClient().get_model_version_by_alias(cfg.mlflow.registered_model, "champion")
     assert str(alias.version) == "3"
@@ -363,7 +365,7 @@ def test_deploy_step_gives_the_alias_back_when_the_rollout_fails(tmp_path, run_d
               ("PATCH", ONE): [(200, "isvc-canary-patched"), (200, "isvc-rolled-back")]}
     with FakeKubeApi(routes) as fake:
         with pytest.raises(kube.KServeDeployError, match="Rolled InferenceService"):
-            deploy(cfg, tmp_path, _promoted("4", champion="3"), storage_uri=V4 + "/",
+            deploy(cfg, _bundle(tmp_path), _promoted("4", champion="3"), storage_uri=V4 + "/",
                    api=fake.api())
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias(cfg.mlflow.registered_model, "champion").version) == "3"

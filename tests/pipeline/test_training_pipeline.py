@@ -58,9 +58,15 @@ def test_pipeline_trains_evaluates_indexes_and_deploys(pipeline_run, capsys):
     for table in ("listings", "photos"):
         assert summary[table]["accounted"], summary[table]
         assert summary[table]["clean"] > 0
-    # evaluated on the test pairs for all three models
+    # evaluated on the test pairs for all three models: each accuracy is its confusion
+    # matrix's diagonal over the test pairs
+    evaluation = json.loads((Path(summary["run_dir"]) / "evaluate" / "evaluation" /
+                             "evaluation.json").read_text())
     for m in ("image", "text", "fusion"):
-        assert 0.0 <= summary["test"][m]["accuracy"] <= 1.0
+        matrix = evaluation[m]["confusion_matrix"]
+        assert sum(map(sum, matrix)) == summary["test"]["n_pairs"] > 0
+        right = sum(row[i] for i, row in enumerate(matrix))
+        assert summary["test"][m]["accuracy"] == round(right / summary["test"]["n_pairs"], 4)
     assert summary["decision"]["promote"] is True  # no champion yet
     assert summary["index"]["n_listings"] == summary["listings"]["clean"]
 
@@ -100,7 +106,8 @@ def test_a_second_run_on_the_same_data_reuses_every_cached_stage(pipeline_run, c
     ran = {p.name for p in Path(summary["run_dir"]).iterdir() if p.is_dir()}
     assert ran == {"open-run", "source-version", "load-db", "evaluate", "close-run"}, ran
     assert summary["decision"]["version"] == first["version"]  # the same bundle, registered once
-    assert summary["decision"]["promote"] is False and "champion" in summary["decision"]["reason"]
+    assert summary["decision"]["promote"] is False
+    assert "does not beat champion" in summary["decision"]["reason"]
     served = json.loads((tmp / "runs" / "serving" / "marketsearch" / "VERSION").read_text())
     assert served["version"] == first["version"]
     for table in ("listings", "photos"):   # the summary still accounts for every row

@@ -119,6 +119,35 @@ def test_upsert_refuses_bad_input_and_writes_nothing(tmp_path: Path, clean_frame
     engine.dispose()
 
 
+def test_a_failure_half_way_through_the_transaction_writes_nothing(db_url, clean_frames,
+                                                                   monkeypatch):
+    """The listings are written, then writing the photos fails (the database refusing them,
+    the connection dropping): the listings' changes are rolled back with them."""
+    import marketsearch.db as db
+
+    products, images = clean_frames
+    upsert_clean(db_url, products, images)
+    before = snapshot(db_url)
+    changed = products.copy()
+    changed["price"] = changed["price"] + 1.0
+    real = db._upsert
+    written = []
+
+    def photos_fail(conn, table, rows):
+        if table is db.photos_table:
+            raise RuntimeError("connection lost while writing listing_photos")
+        written.append(real(conn, table, rows))      # the listings really are written first
+        return written[-1]
+
+    monkeypatch.setattr(db, "_upsert", photos_fail)
+    with pytest.raises(RuntimeError, match="connection lost"):
+        upsert_clean(db_url, changed, images)
+    assert written and written[0]["updated"] == len(products)   # inside the transaction
+    after = snapshot(db_url)
+    pd.testing.assert_frame_equal(before[0], after[0])          # ... and rolled back
+    pd.testing.assert_frame_equal(before[1], after[1])
+
+
 def test_upsert_catalogue_sized_batch(tmp_path: Path):
     """6k listings / 11k photos go through the batched statements; the re-run writes nothing.
     (No timed assertion: it takes well under a second here.)"""

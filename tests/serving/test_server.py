@@ -295,6 +295,30 @@ def test_concurrent_requests_get_consistent_answers(server):
     assert all(len(v) == 1 for v in by_query.values()), by_query
 
 
+def test_concurrent_good_and_bad_requests_each_get_their_own_answer(server):
+    """Bad requests in flight beside good ones: each bad one gets its 400 naming what was wrong,
+    each good one the same answer it gets alone, none a 500."""
+    bad = [({"product_name": "sofa", "k": 0}, "k"),
+           ({"image_b64": "not base64 at all!"}, "image_b64"),
+           ({"product_name": 42}, "product_name"),
+           ({"location": "Leeds, West Yorkshire"}, "product_name")]
+    alone = v1(server, [{"product_name": "mountain bike", "k": 3}])[1]["predictions"][0]
+
+    def ask(i):
+        if i % 2:
+            instance, field = bad[(i // 2) % len(bad)]
+            return "bad", field, v1(server, [instance])
+        return "good", None, v1(server, [{"product_name": "mountain bike", "k": 3}])
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(ask, range(64)))
+    for kind, field, (status, body) in results:
+        if kind == "bad":
+            assert status == 400 and field in body["error"], (field, status, body)
+        else:
+            assert status == 200 and body["predictions"][0] == alone, (status, body)
+
+
 # --------------------------------------------------------------------------- page routes
 def test_thumbnails_and_more_like_this(server, bundle_dir):
     index = SearchIndex.load(bundle_dir / "index")

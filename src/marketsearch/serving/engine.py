@@ -84,7 +84,10 @@ class SearchEngine:
 
     @classmethod
     def load(cls, path: str | Path, cfg: ServingConfig | None = None) -> "SearchEngine":
-        return cls(Bundle(resolve_bundle_dir(path)), cfg)
+        """The bundle at ``path``, verified against its checksums before anything is loaded."""
+        bundle = Bundle(resolve_bundle_dir(path))
+        bundle.verify()
+        return cls(bundle, cfg)
 
     def warmup(self) -> None:
         """Trace the model function and touch every part once, so the first request is fast."""

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from marketsearch.bundle import Bundle
 from marketsearch.config import ServingConfig
 from marketsearch.serving.contract import RequestError, v2_to_instances
 
@@ -241,6 +242,7 @@ def serve(model_dir: str | Path, cfg: ServingConfig, port: int | None = None) ->
     from marketsearch.serving.engine import resolve_bundle_dir
 
     model_dir = resolve_bundle_dir(model_dir)  # fail now, not in the background, if absent
+    Bundle(model_dir).verify()                 # ... or changed since it was built
     model = MarketsearchModel(model_dir, cfg)
     app = _model_server.app
     add_routes(app, model)
