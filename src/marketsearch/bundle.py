@@ -82,7 +82,13 @@ class Bundle(Record):
 
     @cached_property
     def fused_model(self):
-        return self._load("fused.keras")
+        model = self._load("fused.keras")
+        for name, output in zip(model.output_names, model.outputs):
+            if name.endswith("probs") and output.shape[-1] != len(self.labels):
+                raise ValueError(f"bundle {self.root}: fused.keras predicts {output.shape[-1]} "
+                                 f"classes ({name}) but {META} names {len(self.labels)} labels; "
+                                 "refusing it")
+        return model
 
     @cached_property
     def vocab(self) -> dict[str, int]:

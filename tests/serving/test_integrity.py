@@ -57,3 +57,19 @@ def test_search_and_serve_refuse_a_tampered_bundle_before_loading_it(copy, tmp_p
                             "--set", f"run_dir={tmp_path / 'runs'}"],
                            capture_output=True, text=True, timeout=300)
     assert serve.returncode != 0 and "fused.keras does not match" in serve.stderr
+
+
+def test_labels_that_do_not_match_the_model_are_refused(copy):
+    """meta.json edited (and the checksums rewritten to match, as a careless rebuild would):
+    the label count no longer matches the fused model's outputs."""
+    import json
+
+    from marketsearch import checksums
+    from marketsearch.bundle import Bundle
+
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["labels"] = meta["labels"][:-1]
+    (copy / "meta.json").write_text(json.dumps(meta))
+    checksums.write(copy)
+    with pytest.raises(ValueError, match=r"predicts 13 classes \(\w*probs\) but meta.json names 12 labels"):
+        Bundle(copy).fused_model  # noqa: B018
