@@ -38,6 +38,10 @@ class ServingConfig(_Section):
     rerank_pool_factor: int = 10
     # Threads that run model calls beside the event loop (TensorFlow releases the GIL).
     inference_threads: int = 2
+    # Hot swap: every this many seconds the server checks where its --model path points (the
+    # symlink deploy swaps); a new bundle is verified and warmed beside the old one, which
+    # keeps answering, then switched to. 0: never (a restart loads a new bundle).
+    reload_interval_s: float = Field(2.0, ge=0)
 
 
 # The pipeline's stages (KFP task names use dashes: train-image) and the kind of

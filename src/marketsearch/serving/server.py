@@ -13,6 +13,13 @@ The HTTP port opens at once and the bundle loads in a background thread, so Kube
 the pod live but not ready while TensorFlow starts. A bad request is answered 4xx with a
 message naming the field (bodies over ``serving.max_request_bytes``: 413); the server never
 answers a client's mistake with a 5xx.
+
+Hot swap: ``--model`` may be the symlink deploy swaps (marketsearch.publish). Every
+``serving.reload_interval_s`` the server checks where it points; a new bundle is verified,
+loaded and warmed in the background while the current one keeps answering, then switched to
+in one step; each request answers from the model it started with, thumbnails included. A
+bundle that fails verification or warm-up is refused (logged, once) and the current one keeps
+serving; readiness stays 200 throughout.
 """
 from __future__ import annotations
 
@@ -103,20 +110,28 @@ class MarketsearchModel(kserve.Model):
 
     def __init__(self, model_dir: str | Path, cfg: ServingConfig):
         super().__init__(cfg.model_name)
-        self.model_dir = Path(model_dir)
+        self.model_dir = Path(model_dir)   # as given: deploy's symlink, which a deploy swaps
         self.cfg = cfg
         self.engine = None
         self.load_error: str | None = None
+        self.refused: dict[Path, str] = {}  # bundles a hot swap refused, and why
         self._pool = None
+
+    def _engine_at(self, bundle_dir: Path):
+        """A verified, warmed engine for the bundle at ``bundle_dir`` (a resolved directory)."""
+        from marketsearch.serving.engine import SearchEngine
+
+        engine = SearchEngine.load(bundle_dir, self.cfg)
+        engine.warmup()
+        return engine
 
     def load(self) -> bool:
         from concurrent.futures import ThreadPoolExecutor
 
-        from marketsearch.serving.engine import SearchEngine
+        from marketsearch.serving.engine import resolve_bundle_dir
 
         try:
-            engine = SearchEngine.load(self.model_dir, self.cfg)
-            engine.warmup()
+            engine = self._engine_at(resolve_bundle_dir(self.model_dir))
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("could not load the bundle at %s", self.model_dir)
@@ -128,16 +143,55 @@ class MarketsearchModel(kserve.Model):
                  len(engine.labels), len(engine.index), engine.bundle.root)
         return True
 
+    def reload_if_changed(self) -> str | None:
+        """Hot swap: if ``model_dir`` now points at another bundle, load, verify and warm it
+        while the current one keeps answering, then switch (one reference assignment: each
+        request answers from the engine it started with). A bundle that fails is refused, once,
+        and the current one keeps serving. Returns "switched", "refused" or None."""
+        from marketsearch.serving.engine import resolve_bundle_dir
+
+        try:
+            target = resolve_bundle_dir(self.model_dir)
+        except FileNotFoundError as exc:          # mid-swap or removed: keep what we have
+            log.warning("hot swap: %s", exc)
+            return None
+        if self.engine is None or target == self.engine.bundle.root or target in self.refused:
+            return None
+        log.info("hot swap: %s now points at %s; loading it beside %s", self.model_dir, target,
+                 self.engine.bundle.root)
+        try:
+            engine = self._engine_at(target)
+        except Exception as exc:
+            self.refused[target] = f"{type(exc).__name__}: {exc}"
+            log.error("hot swap: refusing %s (%s); still serving %s", target,
+                      self.refused[target], self.engine.bundle.root)
+            return "refused"
+        self.engine = engine
+        log.info("hot swap: now serving %s", target)
+        return "switched"
+
+    def watch(self) -> None:
+        """Check for a new bundle every ``serving.reload_interval_s`` (a daemon thread)."""
+        import time
+
+        while True:
+            time.sleep(self.cfg.reload_interval_s)
+            try:
+                self.reload_if_changed()
+            except Exception:  # pragma: no cover - never let the watcher die
+                log.exception("hot swap: unexpected error")
+
     async def _run(self, fn, *args, **kwargs):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
 
     async def predict(self, payload, headers: dict | None = None):
         try:
+            engine = self.engine                # one model for the whole request
             if isinstance(payload, InferRequest):
                 instances = v2_to_instances(payload.inputs)
-                answers = await self._run(self.engine.answer_instances, instances, v2=True)
-                return self._v2_response(payload, answers)
+                answers = await self._run(engine.answer_instances, instances, v2=True)
+                return self._v2_response(payload, answers, engine.labels)
             if isinstance(payload, (bytes, str)):  # sent without content-type: application/json
                 payload = _parse_json(payload)
             if not isinstance(payload, dict) or "instances" not in payload:
@@ -145,14 +199,13 @@ class MarketsearchModel(kserve.Model):
             extra = sorted(set(payload) - {"instances"})
             if extra:
                 raise RequestError(f"body: unknown keys {extra}; only 'instances' is read")
-            answers = await self._run(self.engine.answer_instances, payload["instances"])
+            answers = await self._run(engine.answer_instances, payload["instances"])
             return {"predictions": [a.to_v1() for a in answers]}
         except RequestError as exc:
             raise InvalidInput(str(exc)) from None
 
-    def _v2_response(self, request: InferRequest, answers) -> InferResponse:
+    def _v2_response(self, request: InferRequest, answers, labels) -> InferResponse:
         n, k = len(answers), max(len(a.neighbors) for a in answers)
-        labels = self.engine.labels
         ids = [[h["product_id"] for h in a.neighbors] + [""] * (k - len(a.neighbors))
                for a in answers]
         scores = [[h["score"] for h in a.neighbors] + [0.0] * (k - len(a.neighbors))
@@ -224,8 +277,9 @@ def add_routes(app, model: MarketsearchModel) -> None:
                 return JSONResponse({"error": f"location: {location!r} is not a UK town or "
                                               "county we know"}, status_code=400)
             lat, lon = coords
+        engine = model.engine
         try:
-            hits = await model._run(model.engine.more_like_this, product_id, k, lat, lon)
+            hits = await model._run(engine.more_like_this, product_id, k, lat, lon)
         except KeyError:
             return JSONResponse({"error": f"product_id: {product_id!r} is not in the index"},
                                 status_code=404)
@@ -241,8 +295,7 @@ def serve(model_dir: str | Path, cfg: ServingConfig, port: int | None = None) ->
     """Start the server; blocks until SIGTERM/SIGINT."""
     from marketsearch.serving.engine import resolve_bundle_dir
 
-    model_dir = resolve_bundle_dir(model_dir)  # fail now, not in the background, if absent
-    Bundle(model_dir).verify()                 # ... or changed since it was built
+    Bundle(resolve_bundle_dir(model_dir)).verify()  # fail now if absent or changed since built
     model = MarketsearchModel(model_dir, cfg)
     app = _model_server.app
     add_routes(app, model)
@@ -256,6 +309,9 @@ def serve(model_dir: str | Path, cfg: ServingConfig, port: int | None = None) ->
         except Exception:
             # Readiness now reports the error; stop so that the orchestrator restarts us.
             os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if cfg.reload_interval_s > 0:
+            threading.Thread(target=model.watch, name="hot-swap", daemon=True).start()
 
     threading.Thread(target=load_in_background, name="load-bundle", daemon=True).start()
     log.info("serving %s from %s on port %d (search page: /search)", cfg.model_name, model_dir,
