@@ -10,26 +10,6 @@ from marketsearch.config import Config
 log = logging.getLogger(__name__)
 
 
-def _pyfunc_class():
-    import mlflow.pyfunc
-
-    class MarketsearchModel(mlflow.pyfunc.PythonModel):
-        """Loads with ``mlflow.pyfunc.load_model``: a DataFrame with a ``text`` column (listing
-        text) in, the predicted category per row out."""
-
-        def load_context(self, context):
-            from marketsearch.bundle import Bundle
-
-            self.bundle = Bundle(context.artifacts["bundle"])
-
-        def predict(self, context, model_input, params=None):  # noqa: ARG002
-            preds = self.bundle.predict(model_input["text"].astype(str).tolist(), None,
-                                        per_modality=False)
-            return [self.bundle.labels[i] for i in preds.fused_probs.argmax(1)]
-
-    return MarketsearchModel()
-
-
 def version_of(cfg: Config, bundle_uri: str):
     """The registered version made from the bundle artifact at ``bundle_uri``, or None."""
     import mlflow
@@ -56,8 +36,9 @@ def register_bundle(cfg: Config, bundle_dir: str | Path, bundle_uri: str,
                  existing.version)
         return str(existing.version)
 
-    info = mlflow.pyfunc.log_model(
-        name="model", python_model=_pyfunc_class(), artifacts={"bundle": str(bundle_dir)},
+    info = mlflow.pyfunc.log_model(          # models from code: no pickle (registry_model.py)
+        name="model", python_model=str(Path(__file__).with_name("registry_model.py")),
+        artifacts={"bundle": str(bundle_dir)},
         registered_model_name=cfg.mlflow.registered_model,
         pip_requirements=[f"marketsearch=={__version__}"])
     version = str(info.registered_model_version)

@@ -439,3 +439,31 @@ def test_evaluate_feeds_deploy_without_kfp(bundles, tracking_url, tmp_path):
     again = evaluate(cfg, bundles.clean, bundles.strong).decision
     assert again.version == decision.version and again.promote is False
     assert again.champion_version == decision.version
+
+
+def test_the_registered_model_is_code_not_a_pickle_and_verifies_its_bundle(bundles, tracking_url,
+                                                                          tmp_path):
+    import mlflow
+    import pandas as pd
+
+    from marketsearch import registry, tracking
+    from marketsearch.bundle import Bundle
+
+    cfg = _registry_cfg(tmp_path, tracking_url, "marketsearch-pyfunc")
+    tracking.setup(cfg)
+    with mlflow.start_run():
+        version = registry.register_bundle(cfg, bundles.strong, str(bundles.strong), {})
+    local = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/marketsearch-pyfunc/{version}", dst_path=str(tmp_path / "dl")))
+    names = [p.name for p in local.rglob("*") if p.is_file()]
+    assert not any(n.endswith((".pkl", ".pickle", ".cloudpickle")) for n in names), names
+    assert "registry_model.py" in names
+    model = mlflow.pyfunc.load_model(str(local))
+    [label] = model.predict(pd.DataFrame({"text": ["mountain bike, 21 gears"]}))
+    assert label in Bundle(bundles.strong).labels
+    fused = next(local.rglob("fused.keras"))
+    data = bytearray(fused.read_bytes())
+    data[len(data) // 2] ^= 1
+    fused.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="fused.keras does not match its sha256"):
+        mlflow.pyfunc.load_model(str(local))
