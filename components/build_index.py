@@ -17,6 +17,7 @@ import pandas as pd
 from marketsearch import checksums
 from marketsearch.bundle import Bundle
 from marketsearch.config import Config
+from marketsearch.models.text_layers import allow_hub_handles
 from marketsearch.records import CleanData, TrainedModel
 from marketsearch.steps import step
 
@@ -45,7 +46,7 @@ def listing_embeddings(bundle, products: pd.DataFrame, images: pd.DataFrame,
     return ids, normalize(vecs)
 
 
-@step(reads=("index", "drift", "image_model", "seed"),
+@step(reads=("index", "drift", "image_model", "text_model", "seed"),
       inputs={"clean_data": CleanData, "fused_model": TrainedModel},
       output=("bundle", Bundle), out_dir=True)
 def build_index(cfg: Config, clean_data: CleanData, fused_model: TrainedModel,
@@ -57,6 +58,7 @@ def build_index(cfg: Config, clean_data: CleanData, fused_model: TrainedModel,
     from marketsearch.feature_cache import FeatureCache
     from marketsearch.index import SearchIndex
 
+    allow_hub_handles([cfg.text_model.hub_handle])
     data = CleanData.coerce(clean_data)
     model_dir = TrainedModel.coerce(fused_model).root
     out_dir = Path(out_dir)

@@ -36,7 +36,7 @@ def indexed_ids(bundle_dir: str | Path) -> set[str]:
     return set(json.loads((Path(bundle_dir) / "index" / IDS_FILE).read_text()))
 
 
-@step(reads=("drift", "clean", "monitoring", "image_model", "seed"),
+@step(reads=("drift", "clean", "monitoring", "image_model", "text_model", "serving", "seed"),
       inputs={"validated": ValidatedData}, output=("drift_report", DriftResult),
       views={"summary": "Markdown"}, returns=lambda result: bool(result.retrain), cached=False)
 def drift_check(cfg: Config, validated: ValidatedData, champion_dir: str | Path | None = None,
@@ -47,7 +47,9 @@ def drift_check(cfg: Config, validated: ValidatedData, champion_dir: str | Path 
     registry (``considered_ids``: the listings of a newer version that was kept out). The
     result says whether to retrain: drift found and not ``monitoring.dry_run``."""
     from marketsearch import registry
+    from marketsearch.models.text_layers import allow_hub_handles
 
+    allow_hub_handles([cfg.text_model.hub_handle, *cfg.serving.hub_handles])
     if champion_dir is not None:
         return judge(cfg, ValidatedData.coerce(validated), champion_dir, considered_ids or set())
     with tempfile.TemporaryDirectory() as tmp:

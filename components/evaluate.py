@@ -19,13 +19,14 @@ from pathlib import Path
 from marketsearch import checksums
 from marketsearch.bundle import Bundle
 from marketsearch.config import Config
+from marketsearch.models.text_layers import allow_hub_handles
 from marketsearch.records import CleanData, Decision, Evaluation
 from marketsearch.steps import step
 
 log = logging.getLogger(__name__)
 
 
-@step(reads=("evaluate", "image_model"), inputs={"clean_data": CleanData, "bundle": Bundle},
+@step(reads=("evaluate", "image_model", "text_model", "serving"), inputs={"clean_data": CleanData, "bundle": Bundle},
       output=("evaluation", Evaluation), uris={"bundle_uri": "bundle"},
       views={"metrics": "Metrics", "confusion": "ClassificationMetrics", "report": "HTML"},
       returns=lambda evaluation: bool(evaluation.decision.promote), cached=False)
@@ -38,6 +39,7 @@ def evaluate(cfg: Config, clean_data: CleanData, bundle: Bundle, bundle_uri: str
     was compared with; False only scores and decides (no registry)."""
     from marketsearch import registry, tracking
 
+    allow_hub_handles([cfg.text_model.hub_handle, *cfg.serving.hub_handles])
     data = CleanData.coerce(clean_data)
     challenger = Bundle.coerce(bundle)
     challenger.verify()                     # before any of its files is loaded

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from marketsearch.config import Config
+from marketsearch.models.text_layers import allow_hub_handles
 from marketsearch.records import CleanData, TrainedModel
 from marketsearch.steps import step
 
@@ -33,6 +34,7 @@ def train_fusion(cfg: Config, clean_data: CleanData, image: TrainedModel, text: 
     from marketsearch.models.text import prepare_text_input, text_input_kind
     from marketsearch.tracking import training_summary
 
+    allow_hub_handles([cfg.text_model.hub_handle])
     data = CleanData.coerce(clean_data)
     image_part, text_part = TrainedModel.coerce(image), TrainedModel.coerce(text)
     labels = data.labels

@@ -13,9 +13,13 @@ log = logging.getLogger("marketsearch")
 
 
 def _config(args):
+    """The config, and the TF-Hub handles it allows saved models to load."""
     from marketsearch.config import load_config
+    from marketsearch.models.text_layers import allow_hub_handles
 
-    return load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set)
+    allow_hub_handles([cfg.text_model.hub_handle, *cfg.serving.hub_handles])
+    return cfg
 
 
 def _add_verbose(p: argparse.ArgumentParser) -> None:

@@ -456,6 +456,9 @@ def hub_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("hub") / "encoder"
     tf.saved_model.save(Encoder(), str(path))
+    from marketsearch.models.text_layers import allow_hub_handles
+
+    allow_hub_handles([str(path)])   # as text_model.hub_handle does for the pipeline
     return str(path)
 
 
@@ -472,6 +475,34 @@ def test_hub_text_model_round_trips(hub_dir, tmp_path):
     loaded = _roundtrip(model, tmp_path)
     assert loaded.get_layer("hub_encoder").get_config()["handle"] == hub_dir
     np.testing.assert_allclose(loaded.predict(x, verbose=0), probs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_hub_handle_swapped_into_a_saved_model_is_refused_and_not_loaded(hub_dir, tmp_path,
+                                                                          monkeypatch):
+    """The handle inside a .keras file chooses code to run (a SavedModel): one the config
+    does not allow is refused before tensorflow_hub loads anything."""
+    import json
+    import zipfile
+
+    import tensorflow_hub as hub
+
+    model = build_hub_text_model(hub_dir, N_CLASSES, _txt_cfg())
+    path = tmp_path / "text.keras"
+    model.save(path)
+    tampered = tmp_path / "tampered.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                data = json.dumps(json.loads(data)).replace(
+                    json.dumps(hub_dir)[1:-1], "/srv/someone-elses/savedmodel").encode()
+            dst.writestr(item, data)
+    loaded = []
+    monkeypatch.setattr(hub, "load", lambda handle, *a, **k: loaded.append(handle))
+    with pytest.raises(ValueError, match="TF-Hub handle '/srv/someone-elses/savedmodel'.*"
+                                         "refusing to load it"):
+        keras.models.load_model(tampered, compile=False)
+    assert loaded == []
 
 
 def test_train_text_model_with_hub_encoder(hub_dir):

@@ -42,6 +42,9 @@ class ServingConfig(_Section):
     # symlink deploy swaps); a new bundle is verified and warmed beside the old one, which
     # keeps answering, then switched to. 0: never (a restart loads a new bundle).
     reload_interval_s: float = Field(2.0, ge=0)
+    # TF-Hub handles a served bundle's text model may load (with text_model.hub_handle): a
+    # handle named only inside a saved file is refused.
+    hub_handles: list[str] = []
 
 
 # The pipeline's stages (KFP task names use dashes: train-image) and the kind of

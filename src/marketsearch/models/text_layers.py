@@ -77,6 +77,16 @@ class HashedBigrams(layers.Layer):
         return {**super().get_config(), "buckets": self.buckets}
 
 
+# TF-Hub handles a saved model may load: only those the config names (text_model.hub_handle,
+# serving.hub_handles), never one a saved file chooses by itself.
+_ALLOWED_HUB_HANDLES: set[str] = set()
+
+
+def allow_hub_handles(handles) -> None:
+    """Let models loaded in this process use these TF-Hub handles (from config)."""
+    _ALLOWED_HUB_HANDLES.update(str(h) for h in handles if h)
+
+
 @keras.saving.register_keras_serializable(package="marketsearch")
 class HubTextEncoder(layers.Layer):
     """A TF-Hub (or TF SavedModel) sentence encoder loaded with ``tensorflow_hub.load``.
@@ -95,6 +105,17 @@ class HubTextEncoder(layers.Layer):
         self.signature = signature
         self._encoder = self._load()
         self.output_dim = int(output_dim) if output_dim else self._probe_dim()
+
+    @classmethod
+    def from_config(cls, config):
+        """Loading a saved model: the handle in the file must be one the config allows, or
+        nothing is loaded (a tampered file could otherwise name any SavedModel to run)."""
+        handle = str(config.get("handle"))
+        if handle not in _ALLOWED_HUB_HANDLES:
+            raise ValueError(f"the saved model asks for TF-Hub handle {handle!r}, which the "
+                             "config does not allow (text_model.hub_handle, serving.hub_handles);"
+                             " refusing to load it")
+        return cls(**config)
 
     def _load(self):
         import tensorflow_hub as hub
