@@ -71,6 +71,7 @@ def cmd_evaluate(args) -> int:
             else:
                 raise SystemExit("no champion bundle: run `make run` first or pass --model BUNDLE")
         bundle = Bundle(bundle_dir)
+        bundle.verify()                    # refuse a changed bundle before loading any of it
         bundle.feature_cache = FeatureCache.from_config(cfg)  # photos seen before are read back
         raw = sources.read_local(args.data)
         cfg_eval = cfg.model_copy(deep=True)
