@@ -17,7 +17,7 @@ import pandas as pd
 from marketsearch import checksums
 from marketsearch.bundle import Bundle
 from marketsearch.config import Config
-from marketsearch.models.text_layers import allow_hub_handles
+from marketsearch.hub_handles import allow as allow_hub_handles
 from marketsearch.records import CleanData, TrainedModel
 from marketsearch.steps import step
 

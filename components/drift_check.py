@@ -47,7 +47,7 @@ def drift_check(cfg: Config, validated: ValidatedData, champion_dir: str | Path 
     registry (``considered_ids``: the listings of a newer version that was kept out). The
     result says whether to retrain: drift found and not ``monitoring.dry_run``."""
     from marketsearch import registry
-    from marketsearch.models.text_layers import allow_hub_handles
+    from marketsearch.hub_handles import allow as allow_hub_handles
 
     allow_hub_handles([cfg.text_model.hub_handle, *cfg.serving.hub_handles])
     if champion_dir is not None:

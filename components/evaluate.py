@@ -19,7 +19,7 @@ from pathlib import Path
 from marketsearch import checksums
 from marketsearch.bundle import Bundle
 from marketsearch.config import Config
-from marketsearch.models.text_layers import allow_hub_handles
+from marketsearch.hub_handles import allow as allow_hub_handles
 from marketsearch.records import CleanData, Decision, Evaluation
 from marketsearch.steps import step
 

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from marketsearch.config import Config
-from marketsearch.models.text_layers import allow_hub_handles
+from marketsearch.hub_handles import allow as allow_hub_handles
 from marketsearch.records import CleanData, TrainedModel
 from marketsearch.steps import step
 

@@ -15,7 +15,7 @@ log = logging.getLogger("marketsearch")
 def _config(args):
     """The config, and the TF-Hub handles it allows saved models to load."""
     from marketsearch.config import load_config
-    from marketsearch.models.text_layers import allow_hub_handles
+    from marketsearch.hub_handles import allow as allow_hub_handles
 
     cfg = load_config(args.config, args.set)
     allow_hub_handles([cfg.text_model.hub_handle, *cfg.serving.hub_handles])

@@ -456,9 +456,9 @@ def hub_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("hub") / "encoder"
     tf.saved_model.save(Encoder(), str(path))
-    from marketsearch.models.text_layers import allow_hub_handles
+    from marketsearch import hub_handles
 
-    allow_hub_handles([str(path)])   # as text_model.hub_handle does for the pipeline
+    hub_handles.allow([str(path)])   # as text_model.hub_handle does for the pipeline
     return str(path)
 
 

@@ -77,16 +77,6 @@ class HashedBigrams(layers.Layer):
         return {**super().get_config(), "buckets": self.buckets}
 
 
-# TF-Hub handles a saved model may load: only those the config names (text_model.hub_handle,
-# serving.hub_handles), never one a saved file chooses by itself.
-_ALLOWED_HUB_HANDLES: set[str] = set()
-
-
-def allow_hub_handles(handles) -> None:
-    """Let models loaded in this process use these TF-Hub handles (from config)."""
-    _ALLOWED_HUB_HANDLES.update(str(h) for h in handles if h)
-
-
 @keras.saving.register_keras_serializable(package="marketsearch")
 class HubTextEncoder(layers.Layer):
     """A TF-Hub (or TF SavedModel) sentence encoder loaded with ``tensorflow_hub.load``.
@@ -110,8 +100,10 @@ class HubTextEncoder(layers.Layer):
     def from_config(cls, config):
         """Loading a saved model: the handle in the file must be one the config allows, or
         nothing is loaded (a tampered file could otherwise name any SavedModel to run)."""
+        from marketsearch import hub_handles
+
         handle = str(config.get("handle"))
-        if handle not in _ALLOWED_HUB_HANDLES:
+        if handle not in hub_handles.ALLOWED:
             raise ValueError(f"the saved model asks for TF-Hub handle {handle!r}, which the "
                              "config does not allow (text_model.hub_handle, serving.hub_handles);"
                              " refusing to load it")
