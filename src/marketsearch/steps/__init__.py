@@ -64,6 +64,10 @@ def step(*, reads=(), inputs=None, output=None, views=None, params=None, returns
 
 def all_steps() -> dict[str, Step]:
     """Every stage's Step (importing the stage modules registers them)."""
-    import marketsearch.components  # noqa: F401
+    import importlib
 
+    from marketsearch.components import STAGE_MODULES
+
+    for name in STAGE_MODULES:
+        importlib.import_module(f"marketsearch.components.{name}")
     return STEPS
