@@ -1,7 +1,7 @@
 """ingest: listings and photos from the configured source -> raw snapshot with a content hash.
 
-``source_version`` runs first and is never cached: it fingerprints the source cheaply
-(marketsearch.fingerprint). ingest takes that fingerprint as an input, so KFP may cache it:
+``open_run`` (components/run.py) runs first and is never cached: it fingerprints the source
+cheaply (marketsearch.fingerprint). ingest takes that fingerprint as an input, so KFP may cache it:
 unchanged data is not read again, and every stage after it can reuse its earlier outputs.
 """
 
@@ -14,14 +14,6 @@ from marketsearch.records import Snapshot
 from marketsearch.steps import step
 
 log = logging.getLogger(__name__)
-
-
-@step(reads=("data",), returns=str, returns_type="str", cached=False)
-def source_version(cfg: Config) -> str:
-    """The source's fingerprint: changes whenever a row or a photo does."""
-    from marketsearch.fingerprint import source_fingerprint
-
-    return source_fingerprint(cfg)
 
 
 @step(reads=("data", "seed"), params={"version": "str"}, output=("raw_snapshot", Snapshot))

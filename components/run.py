@@ -2,7 +2,10 @@
 
 ``open_run`` creates the parent run (the whole config as its params) for this pipeline run;
 the stages find it by the pipeline run's id (tracking.pipeline_run), so no stage takes a
-per-run id as an input. ``close_run`` runs under ``dsl.ExitHandler`` whatever happened, and
+per-run id as an input. It also fingerprints the source (marketsearch.fingerprint), the one
+input of ingest that changes when the data does: ingest may then be cached. Both are never
+cached and both belong to the start of a run, so they share one task (a task costs a process
+start, about 3 s locally). ``close_run`` runs under ``dsl.ExitHandler`` whatever happened, and
 closes the parent with the pipeline's final state, failing any stage run left RUNNING.
 """
 import logging
@@ -17,14 +20,15 @@ log = logging.getLogger(__name__)
 @step(reads=tuple(config_names()), params={"run_name": "str"}, returns=str, returns_type="str", cached=False,
       tracked=False)
 def open_run(cfg: Config, run_name: str) -> str:
-    """Create the parent run, tagged with the pipeline run it belongs to; return its id."""
+    """Create the parent run, tagged with the pipeline run it belongs to (unless it exists);
+    return the source's fingerprint, which changes whenever a row or a photo does."""
     from marketsearch import tracking
+    from marketsearch.fingerprint import source_fingerprint
 
     run = tracking.pipeline_run() or run_name
-    existing = tracking.find_parent(cfg, run)
-    if existing:
-        return existing
-    return tracking.start_parent(cfg, run_name=run_name, tags={"pipeline_run": run})
+    if not tracking.find_parent(cfg, run):
+        tracking.start_parent(cfg, run_name=run_name, tags={"pipeline_run": run})
+    return source_fingerprint(cfg)
 
 
 def final_status(state: str) -> str:

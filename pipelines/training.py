@@ -1,6 +1,6 @@
 """The training DAG, under an exit handler that closes the run's MLflow parent:
 
-    open_run -> source_version -> ingest -> validate -> clean -> load_db
+    open_run (+ the source's fingerprint) -> ingest -> validate -> clean -> load_db
                                                           \\-> (train_image || train_text)
                                                               -> train_fusion -> build_index
                                                               -> evaluate -> [if promoted] deploy
@@ -44,11 +44,10 @@ def training_subgraph(c: SimpleNamespace, p: dict, validated) -> SimpleNamespace
 
 
 def ingest_and_validate(c: SimpleNamespace, p: dict):
-    """open_run -> source_version -> ingest -> validate, the head of both DAGs; returns the
-    validated snapshot."""
+    """open_run -> ingest -> validate, the head of both DAGs (ingest takes the source's
+    fingerprint from open_run); returns the validated snapshot."""
     opened = c.open_run(p, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
-    version = c.source_version(p).after(opened)
-    ing = c.ingest(p, version=version.output)
+    ing = c.ingest(p, version=opened.output)
     return c.validate(p, raw_snapshot=ing.outputs["raw_snapshot"]).outputs["validated"]
 
 

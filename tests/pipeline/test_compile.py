@@ -8,7 +8,7 @@ from marketsearch.cli import main
 from marketsearch.config import load_config
 from marketsearch.steps import all_steps
 
-STAGES = {"open-run", "source-version", "ingest", "validate", "clean", "load-db", "train-image",
+STAGES = {"open-run", "ingest", "validate", "clean", "load-db", "train-image",
           "train-text", "train-fusion", "build-index", "evaluate", "deploy"}
 TRAINING = ("train-image", "train-text", "train-fusion")
 
@@ -66,7 +66,7 @@ def test_compile_writes_the_dag(tmp_path):
     # dependencies: fusion after both trainers, evaluate after build_index
     assert set(tasks["train-fusion"]["dependentTasks"]) >= {"train-image", "train-text", "clean"}
     assert "build-index" in tasks["evaluate"]["dependentTasks"]
-    assert "open-run" in tasks["source-version"]["dependentTasks"]
+    assert "open-run" in tasks["ingest"]["dependentTasks"]     # the source's fingerprint
     # images from config (locally: tagged with the code's digest); no per-run id anywhere in a
     # stage's inputs but open_run's run name
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
@@ -90,7 +90,7 @@ def test_compile_writes_the_dag(tmp_path):
     for name, task in tasks.items():
         assert task["cachingOptions"].get("enableCache", False) == steps[name.replace("-", "_")].cached, name
     never = {n for n, t in tasks.items() if not t["cachingOptions"].get("enableCache", False)}
-    assert never == {"open-run", "source-version", "load-db", "evaluate", "deploy", "close-run"}
+    assert never == {"open-run", "load-db", "evaluate", "deploy", "close-run"}
 
 
 def test_each_task_takes_only_the_config_it_reads(tmp_path):

@@ -152,7 +152,7 @@ def test_retries_and_caching_as_configured(eks):
         cached = t["task"].get("cachingOptions", {}).get("enableCache", False)
         assert cached == (all_steps()[stage].cached and cfg.kfp.caching.get(stage, True)), stage
     # retries on the data stages, the index and the trainers; cache on for the stages that only
-    # compute on their inputs (ingest included: the uncached source_version fingerprints the
+    # compute on their inputs (ingest included: the uncached open_run fingerprints the
     # source for it), off where the outside world is read or changed
     assert all(cfg.kfp.retries.get(s, 0) > 0 for s in
                ("ingest", "validate", "clean", "build_index", *GPU_STAGES))

@@ -80,7 +80,7 @@ def test_pipeline_trains_evaluates_indexes_and_deploys(pipeline_run, capsys):
     parent, children = _last_pipeline_run(client)
     assert parent.info.status == "FINISHED"          # closed by the DAG's exit handler
     stages = {r.data.tags["stage"] for r in children}
-    assert stages == {"source_version", "ingest", "validate", "clean", "load_db", "train_image",
+    assert stages == {"ingest", "validate", "clean", "load_db", "train_image",
                       "train_text", "train_fusion", "build_index", "evaluate", "deploy"}
     assert {r.info.status for r in children} == {"FINISHED"}
     train_run = next(r for r in children if r.data.tags["stage"] == "train_image")
@@ -97,14 +97,14 @@ def test_pipeline_trains_evaluates_indexes_and_deploys(pipeline_run, capsys):
 
 def test_a_second_run_on_the_same_data_reuses_every_cached_stage(pipeline_run, capsys):
     """Same data, same config, same code: kfp.local's cache hands every cached stage the first
-    run's outputs. Only the stages that act outside their artifacts run again (the source's
-    fingerprint, the database load, evaluate, and the run's open and close); evaluate finds
+    run's outputs. Only the stages that act outside their artifacts run again (the run's open,
+    with the source's fingerprint, the database load, evaluate and the run's close); evaluate finds
     the bundle already registered, and the champion it is, so nothing is promoted."""
     tmp, url, args = pipeline_run
     first = json.loads((tmp / "runs" / "serving" / "marketsearch" / "VERSION").read_text())
     summary = _run(args, capsys)
     ran = {p.name for p in Path(summary["run_dir"]).iterdir() if p.is_dir()}
-    assert ran == {"open-run", "source-version", "load-db", "evaluate", "close-run"}, ran
+    assert ran == {"open-run", "load-db", "evaluate", "close-run"}, ran
     assert summary["decision"]["version"] == first["version"]  # the same bundle, registered once
     assert summary["decision"]["promote"] is False
     assert "does not beat champion" in summary["decision"]["reason"]

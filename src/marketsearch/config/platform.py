@@ -49,10 +49,10 @@ class ServingConfig(_Section):
 
 # The pipeline's stages (KFP task names use dashes: train-image) and the kind of
 # each, which picks its image and its Kubernetes requests/limits.
-KFP_STAGES = ("open_run", "source_version", "ingest", "validate", "clean", "load_db",
+KFP_STAGES = ("open_run", "ingest", "validate", "clean", "load_db",
               "train_image", "train_text", "train_fusion", "build_index", "evaluate", "deploy",
               "drift_check", "close_run")
-KFP_STAGE_KINDS = {"open_run": "data", "source_version": "data", "ingest": "data",
+KFP_STAGE_KINDS = {"open_run": "data", "ingest": "data",
                    "validate": "data", "clean": "data", "load_db": "data", "deploy": "data",
                    "close_run": "data",
                    "train_image": "train", "train_text": "train", "train_fusion": "train",
@@ -111,8 +111,8 @@ class KfpConfig(_Section):
     retry_backoff: str = "30s"
     retry_backoff_factor: float = 2.0
     retry_backoff_max: str = "3600s"
-    # KFP caching per stage (absent: on). A stage that acts outside its artifacts (source_version,
-    # load_db, evaluate, deploy, drift_check, open_run, close_run; see marketsearch.steps) is
+    # KFP caching per stage (absent: on). A stage that acts outside its artifacts (open_run,
+    # load_db, evaluate, deploy, drift_check, close_run; see marketsearch.steps) is
     # never cached whatever this says; set a stage false here to always rerun it.
     caching: dict[str, bool] = {}
     # kfp.local's own cache (`marketsearch run` / `monitor`): a second run on the same data and
