@@ -7,14 +7,16 @@ decision was compared with:
   server's model directory (``serving.model_dir``) first, complete and in one atomic swap, and
   the MLflow alias "champion" moves after it, all under a lock (marketsearch.publish); if the
   alias cannot move, the previous bundle is swapped back;
-* on a cluster (``kserve.enabled``) the bundle is uploaded first, the alias moves, then the
-  KServe InferenceService is rolled out to the bundle
-  (marketsearch.kube: created when absent, else a canary that is promoted once Ready or rolled
-  back). KServe downloads the bundle itself, so it must be in object storage: the bundle
-  artifact's own URI in the pipeline root (an s3:// pipeline root), or, with
-  ``kserve.model_uri_prefix``, a copy this step uploads to ``<prefix>/<version>/``. When the
-  rollout fails, the champion alias goes back to the version that still serves, and the step
-  fails with the reason.
+* on a cluster (``kserve.enabled``) the same order, under a Kubernetes Lease that lets one
+  deploy through at a time (marketsearch.kube.lease): the bundle is put where KServe reads it
+  and verified there, object by object, against its checksums; the InferenceService is rolled
+  out to it (created when absent, else a canary that is promoted once Ready, or rolled back);
+  only then does the alias move. KServe downloads the bundle itself, so it must be in object
+  storage: the bundle artifact's own URI in the pipeline root (an s3:// pipeline root), or,
+  with ``kserve.model_uri_prefix``, a copy this step uploads to ``<prefix>/<version>/``. When
+  the rollout fails, the alias never moved; when the alias cannot move after it, the
+  InferenceService is rolled back to the bundle it served. Either way the step fails with the
+  reason and the version is tagged ``deploy.status=rolled_back``.
 """
 
 import logging
@@ -38,8 +40,6 @@ def deploy(cfg: Config, bundle: Bundle, decision: Decision, storage_uri: str | N
     ``storage_uri``: the bundle artifact's URI (KFP's ``Artifact.uri``), used on a cluster when
     no ``kserve.model_uri_prefix`` is set; ``api``: a kubernetes CustomObjectsApi (tests).
     """
-    from marketsearch import registry
-
     bundle_dir = bundle.root if isinstance(bundle, Bundle) else Path(bundle)  # files to move
     checksums.verify(bundle_dir)           # publish nothing that is not what was evaluated
     decision = Decision.coerce(decision)
@@ -51,11 +51,8 @@ def deploy(cfg: Config, bundle: Bundle, decision: Decision, storage_uri: str | N
     version = str(decision.version)
     lineage = {"pipeline_run": decision.pipeline_run, "data_hash": decision.data_hash}
     if cfg.kserve.enabled:
-        current = _check_fresh(cfg, version, decision.champion_version)
-        # where KServe will read it, before the alias moves
-        storage_uri = _cluster_storage_uri(cfg, bundle_dir, version, storage_uri)
-        registry.promote(cfg, version, lineage)
-        return _deploy_to_cluster(cfg, version, storage_uri, current, api)
+        return _deploy_to_cluster(cfg, bundle_dir, version, decision.champion_version, lineage,
+                                  storage_uri, api)
     return _deploy_locally(cfg, bundle_dir, version, decision.champion_version, lineage)
 
 
@@ -94,25 +91,34 @@ def _deploy_locally(cfg: Config, bundle_dir: Path, version: str, compared: str |
     return Deployment(version, {"model_dir": str(target)})
 
 
-def _cluster_storage_uri(cfg: Config, bundle_dir: str | Path, version: str,
-                         artifact_uri: str | None) -> str:
-    from marketsearch import kube
+def _deploy_to_cluster(cfg: Config, bundle_dir: Path, version: str, compared: str | None,
+                       lineage: dict, artifact_uri: str | None, api) -> Deployment:
+    """Under the deploy Lease: the bundle where KServe reads it, verified there; the rollout;
+    the alias, checked again just before it moves (see the module docstring)."""
+    from marketsearch import kube, registry
 
     kube.serving_image(cfg)                # a bad (unpinned) image fails here, not half-way
-    if cfg.kserve.model_uri_prefix:
-        return kube.upload_bundle(cfg, bundle_dir, version)
-    return kube.storage_uri_for(artifact_uri or str(bundle_dir))
-
-
-def _deploy_to_cluster(cfg: Config, version: str, uri: str, previous, api) -> Deployment:
-    from marketsearch import kube
-
+    api = api if api is not None else kube.custom_objects_api(cfg)
+    with kube.deploy_lease(cfg, api.api_client):
+        previous = _check_fresh(cfg, version, compared)
+        if cfg.kserve.model_uri_prefix:
+            uri = kube.upload_bundle(cfg, bundle_dir, version)
+        else:
+            uri = kube.storage_uri_for(artifact_uri or str(bundle_dir))
+        kube.verify_uploaded(cfg, uri)     # what KServe will download is what was evaluated
+        try:
+            rollout = kube.deploy_inference_service(cfg, uri, model_version=version, api=api)
+        except Exception:                  # rolled back by the rollout itself; alias untouched
+            _tag_rolled_back(cfg, version)
+            raise
+        try:
+            _check_fresh(cfg, version, compared)
+            registry.promote(cfg, version, lineage)
+        except Exception as exc:
+            _serve_previous_again(cfg, rollout, previous, api, exc)
+            _tag_rolled_back(cfg, version)
+            raise
     ks = cfg.kserve
-    try:
-        rollout = kube.deploy_inference_service(cfg, uri, model_version=version, api=api)
-    except Exception:                      # nothing new serves: neither may the alias say so
-        _restore_champion(cfg, previous, version)
-        raise
     target = {"storage_uri": uri, "inference_service": f"{ks.namespace}/{ks.name}",
               "rollout": rollout["action"]}
     if rollout.get("url"):
@@ -122,16 +128,26 @@ def _deploy_to_cluster(cfg: Config, version: str, uri: str, previous, api) -> De
     return Deployment(version, target)
 
 
-def _restore_champion(cfg: Config, previous, failed_version: str) -> None:
-    """The cluster still serves ``previous``: give the champion alias back to it."""
+def _serve_previous_again(cfg: Config, rollout: dict, previous, api, why: Exception) -> None:
+    """The alias could not move after the rollout: roll the InferenceService back to the bundle
+    it served before (none before: it is left serving the new one, and the error says so)."""
+    from marketsearch import kube
+
+    before = rollout.get("previous_storage_uri")
+    if rollout["action"] == "unchanged" or not before:
+        log.error("deploy: the alias did not move (%s) and the InferenceService had no earlier "
+                  "bundle to go back to; it serves %s", why, rollout["storage_uri"])
+        return
+    log.error("deploy: the alias did not move (%s); rolling the InferenceService back to %s",
+              why, before)
+    kube.deploy_inference_service(cfg, before, api=api, model_version=str(previous.version)
+                                  if previous is not None else None)
+
+
+def _tag_rolled_back(cfg: Config, version: str) -> None:
     import mlflow
 
-    client = mlflow.MlflowClient()
-    name, alias = cfg.mlflow.registered_model, cfg.mlflow.champion_alias
-    client.set_model_version_tag(name, failed_version, "deploy.status", "rolled_back")
-    if previous is not None:
-        client.set_registered_model_alias(name, alias, previous.version)
-    else:
-        client.delete_registered_model_alias(name, alias)
-    log.error("deploy: the rollout of version %s failed; %s is %s again", failed_version, alias,
-              previous.version if previous is not None else "unset")
+    mlflow.MlflowClient().set_model_version_tag(cfg.mlflow.registered_model, version,
+                                                "deploy.status", "rolled_back")
+    log.error("deploy: version %s was not deployed; %s stays where it was", version,
+              cfg.mlflow.champion_alias)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 CHECKSUMS_FILE = "checksums.json"
 # Written by deploy into the published copy, after the manifest: not part of it.
@@ -58,18 +59,24 @@ def verify(root: str | Path, what: str = "bundle") -> str:
     if not path.exists():
         raise IntegrityError(f"{what} {root} has no {CHECKSUMS_FILE}: it cannot be verified "
                              "(made before bundles carried one? rebuild it with build_index)")
-    try:
-        listed = json.loads(path.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise IntegrityError(f"{what} {root}: {CHECKSUMS_FILE} is not a manifest ({exc})") from None
-    present = _files(root)
-    for name in sorted(set(listed) - set(present)):
-        raise IntegrityError(f"{what} {root}: {name} is missing (listed in {CHECKSUMS_FILE})")
-    for name in sorted(set(present) - set(listed)):
-        raise IntegrityError(f"{what} {root}: {name} is not in {CHECKSUMS_FILE} (added after "
-                             "the bundle was built)")
-    for name in present:
-        if sha256_of(root / name) != listed[name]:
-            raise IntegrityError(f"{what} {root}: {name} does not match its sha256 in "
-                                 f"{CHECKSUMS_FILE} (changed after the bundle was built)")
+    check(f"{what} {root}", path.read_bytes(), _files(root), lambda name: sha256_of(root / name))
     return digest(root)
+
+
+def check(where: str, manifest: bytes, present: list[str], sha256: Callable[[str], str]) -> None:
+    """Check the files ``present`` (names relative to the bundle, ``UNLISTED`` left out) against
+    the manifest's text, hashing each with ``sha256(name)``: a directory here, objects in S3
+    (marketsearch.kube.storage). Raises IntegrityError naming the first file that differs."""
+    try:
+        listed = json.loads(manifest)["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{where}: {CHECKSUMS_FILE} is not a manifest ({exc})") from None
+    for name in sorted(set(listed) - set(present)):
+        raise IntegrityError(f"{where}: {name} is missing (listed in {CHECKSUMS_FILE})")
+    for name in sorted(set(present) - set(listed)):
+        raise IntegrityError(f"{where}: {name} is not in {CHECKSUMS_FILE} (added after "
+                             "the bundle was built)")
+    for name in sorted(present):
+        if sha256(name) != listed[name]:
+            raise IntegrityError(f"{where}: {name} does not match its sha256 in "
+                                 f"{CHECKSUMS_FILE} (changed after the bundle was built)")

@@ -255,12 +255,15 @@ def test_rbac_is_exactly_the_deploy_step(rendered, target):
     assert objects(rendered, target, "ClusterRole") == []
     assert objects(rendered, target, "ClusterRoleBinding") == []
     (role,) = objects(rendered, target, "Role")
-    assert len(role["rules"]) == 1
-    (rule,) = role["rules"]
-    assert rule["apiGroups"] == ["serving.kserve.io"]
-    assert rule["resources"] == ["inferenceservices"]
-    assert sorted(rule["verbs"]) == sorted(["get", "list", "watch", "create", "patch", "update"])
-    assert set(rule) == {"apiGroups", "resources", "verbs"}           # no resourceNames games
+    isvc, lease = role["rules"]
+    assert isvc["apiGroups"] == ["serving.kserve.io"]
+    assert isvc["resources"] == ["inferenceservices"]
+    assert sorted(isvc["verbs"]) == sorted(["get", "list", "watch", "create", "patch", "update"])
+    # the deploy Lease (marketsearch.kube.lease): no list, watch or patch
+    assert (lease["apiGroups"], lease["resources"]) == (["coordination.k8s.io"], ["leases"])
+    assert sorted(lease["verbs"]) == ["create", "delete", "get", "update"]
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}       # no resourceNames games
     (binding,) = objects(rendered, target, "RoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}

@@ -24,6 +24,10 @@ CRD = DATA / "kserve-inferenceservice-crd.yaml"
 REPO = Path(__file__).resolve().parents[2]
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/marketsearch/inferenceservices"
 ONE = f"{ISVC_PATH}/marketsearch"
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/marketsearch/leases"
+LEASE = f"{LEASES}/marketsearch-deploy"
+# the deploy Lease taken and given back (marketsearch.kube.lease)
+LEASE_ROUTES = {("POST", LEASES): [(201, "lease-created")], ("DELETE", LEASE): [(200, "lease-deleted")]}
 IMAGE = "123456789012.dkr.ecr.eu-west-2.amazonaws.com/marketsearch/serving:0.1.0"
 PREFIX = "s3://marketsearch-artifacts-123456789012-eu-west-2/serving/marketsearch"
 V3, V4 = f"{PREFIX}/3", f"{PREFIX}/4"
@@ -35,9 +39,10 @@ class FakeKubeApi:
     """Replays recorded responses: ``routes[(method, path)]`` is a list of (status, file) that
     successive requests get in order (the last one repeats). Every request is recorded."""
 
-    def __init__(self, routes: dict[tuple[str, str], list[tuple[int, str]]]):
+    def __init__(self, routes: dict[tuple[str, str], list[tuple[int, str]]], on_request=None):
         self.routes = {key: list(answers) for key, answers in routes.items()}
         self.requests: list[dict] = []
+        self.on_request = on_request   # called with each recorded request before it is answered
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,6 +55,8 @@ class FakeKubeApi:
                     "content_type": self.headers.get("Content-Type"),
                     "authorization": self.headers.get("Authorization"),
                     "body": json.loads(raw) if raw else None})
+                if fake.on_request is not None:
+                    fake.on_request(fake.requests[-1])
                 answers = fake.routes.get((self.command, url.path))
                 if not answers:
                     status, body = 599, {"kind": "Status", "code": 599,
@@ -319,20 +326,42 @@ def _bundle(tmp_path) -> Path:
     return bundle
 
 
-def test_deploy_step_uploads_the_bundle_and_creates_the_service(tmp_path, run_dir, s3_bucket,
-                                                               s3_endpoint):
-    import boto3
+def _cluster_cfg(tmp_path, run_dir, **kserve):
+    return load_config(base=tmp_path, overrides={"run_dir": str(run_dir), "kserve": {
+        "enabled": True, "image": IMAGE, "ready_timeout_s": 5, "poll_interval_s": 0.01,
+        **kserve}})
+
+
+def _champion(cfg) -> str | None:
+    from marketsearch import registry
+
+    current = registry.champion(cfg)
+    return str(current.version) if current else None
+
+
+def _deploy_status(cfg, version: str) -> str | None:
     import mlflow
 
+    return mlflow.MlflowClient().get_model_version(cfg.mlflow.registered_model,
+                                                   version).tags.get("deploy.status")
+
+
+def _keys(s3_endpoint, bucket) -> set[str]:
+    import boto3
+
+    listing = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=bucket)
+    return {o["Key"] for o in listing.get("Contents", [])}
+
+
+def test_deploy_step_uploads_the_bundle_and_creates_the_service(tmp_path, run_dir, s3_bucket,
+                                                               s3_endpoint):
     from marketsearch.components.deploy import deploy
 
-    cfg = load_config(base=tmp_path, overrides={"run_dir": str(run_dir), "kserve": {
-        "enabled": True, "image": IMAGE, "ready_timeout_s": 5, "poll_interval_s": 0.01,
-        "model_uri_prefix": f"s3://{s3_bucket}/serving/marketsearch",
-        "s3_endpoint_url": s3_endpoint}})
+    cfg = _cluster_cfg(tmp_path, run_dir, model_uri_prefix=f"s3://{s3_bucket}/serving/marketsearch",
+                       s3_endpoint_url=s3_endpoint)
     _registered_versions(cfg, tmp_path, 3)
     routes = {("GET", ONE): [(404, "isvc-not-found"), (200, "isvc-new-ready")],
-              ("POST", ISVC_PATH): [(201, "isvc-created")]}
+              ("POST", ISVC_PATH): [(201, "isvc-created")], **LEASE_ROUTES}
     with FakeKubeApi(routes) as fake:
         result = deploy(cfg, _bundle(tmp_path), _promoted("3", champion="none"),
                         storage_uri="minio://mlpipeline/v2/artifacts/run/bundle", api=fake.api())
@@ -341,34 +370,144 @@ def test_deploy_step_uploads_the_bundle_and_creates_the_service(tmp_path, run_di
     assert result.target == {"storage_uri": uri, "inference_service": "marketsearch/marketsearch",
                              "rollout": "created",
                              "url": "http://marketsearch.marketsearch.example.com"}
-    keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(
-        Bucket=s3_bucket)["Contents"]}
-    assert keys == {"serving/marketsearch/3/manifest.json", "serving/marketsearch/3/index/faiss.index",
-                    "serving/marketsearch/3/checksums.json"}
-    assert kube.storage_uri_of(fake.requests[1]["body"]["spec"]["predictor"]) == uri
-    alias = mlflow.MlflowClient().get_model_version_by_alias(cfg.mlflow.registered_model, "champion")
-    assert str(alias.version) == "3"
+    assert _keys(s3_endpoint, s3_bucket) == {
+        "serving/marketsearch/3/manifest.json", "serving/marketsearch/3/index/faiss.index",
+        "serving/marketsearch/3/checksums.json"}
+    # the Lease first and last; the service in between
+    assert fake.calls() == [("POST", LEASES), ("GET", ONE), ("POST", ISVC_PATH), ("GET", ONE),
+                            ("DELETE", LEASE)]
+    lease = fake.requests[0]["body"]
+    assert lease["metadata"]["name"] == "marketsearch-deploy"
+    assert lease["spec"]["leaseDurationSeconds"] == int(cfg.kserve.deploy_lease_s)
+    assert lease["spec"]["holderIdentity"]
+    # released only if still ours: the resourceVersion it was created with
+    assert fake.requests[-1]["body"]["preconditions"] == {"resourceVersion": "101"}
+    assert kube.storage_uri_of(fake.requests[2]["body"]["spec"]["predictor"]) == uri
+    assert _champion(cfg) == "3"
     assert not cfg.path(cfg.serving.model_dir).exists()      # no local copy on a cluster
 
 
-def test_deploy_step_gives_the_alias_back_when_the_rollout_fails(tmp_path, run_dir):
-    import mlflow
-
+def test_a_failed_rollout_never_moves_the_alias(tmp_path, run_dir, s3_bucket, s3_endpoint):
     from marketsearch import registry
     from marketsearch.components.deploy import deploy
 
-    cfg = load_config(base=tmp_path, overrides={"run_dir": str(run_dir), "kserve": {
-        "enabled": True, "image": IMAGE, "ready_timeout_s": 5, "poll_interval_s": 0.01}})
+    cfg = _cluster_cfg(tmp_path, run_dir, model_uri_prefix=f"s3://{s3_bucket}/serving/marketsearch",
+                       s3_endpoint_url=s3_endpoint)
     _registered_versions(cfg, tmp_path, 4)
     registry.promote(cfg, "3", {})
+    aliases_seen = []
     routes = {("GET", ONE): [(200, "isvc-champion-ready"), (200, "isvc-canary-failed")],
-              ("PATCH", ONE): [(200, "isvc-canary-patched"), (200, "isvc-rolled-back")]}
-    with FakeKubeApi(routes) as fake:
+              ("PATCH", ONE): [(200, "isvc-canary-patched"), (200, "isvc-rolled-back")],
+              **LEASE_ROUTES}
+    with FakeKubeApi(routes, on_request=lambda r: aliases_seen.append(_champion(cfg))) as fake:
         with pytest.raises(kube.KServeDeployError, match="Rolled InferenceService"):
-            deploy(cfg, _bundle(tmp_path), _promoted("4", champion="3"), storage_uri=V4 + "/",
-                   api=fake.api())
-    client = mlflow.MlflowClient()
-    assert str(client.get_model_version_by_alias(cfg.mlflow.registered_model, "champion").version) == "3"
-    assert client.get_model_version(cfg.mlflow.registered_model, "4").tags["deploy.status"] == \
-        "rolled_back"
-    assert re.search(r"/3$", kube.storage_uri_of(fake.requests[-1]["body"]["spec"]["predictor"]))
+            deploy(cfg, _bundle(tmp_path), _promoted("4", champion="3"), api=fake.api())
+    assert set(aliases_seen) == {"3"}                  # not even for a moment
+    assert _champion(cfg) == "3"
+    assert _deploy_status(cfg, "4") == "rolled_back"
+    rollback = [r for r in fake.requests if r["method"] == "PATCH"][-1]
+    assert re.search(r"/3$", kube.storage_uri_of(rollback["body"]["spec"]["predictor"]))
+    assert fake.calls()[-1] == ("DELETE", LEASE)       # the Lease is given back all the same
+
+
+def test_a_second_deploy_fails_while_one_holds_the_lease(tmp_path, run_dir, s3_bucket,
+                                                        s3_endpoint):
+    """Two deploys at once: the one that finds the Lease held changes nothing (no upload, no
+    call on the InferenceService, no alias) and says who holds it."""
+    from marketsearch import registry
+    from marketsearch.components.deploy import deploy
+
+    cfg = _cluster_cfg(tmp_path, run_dir, model_uri_prefix=f"s3://{s3_bucket}/serving/marketsearch",
+                       s3_endpoint_url=s3_endpoint)
+    _registered_versions(cfg, tmp_path, 4)
+    registry.promote(cfg, "3", {})
+    routes = {("POST", LEASES): [(409, "lease-exists")], ("GET", LEASE): [(200, "lease-held")]}
+    with FakeKubeApi(routes) as fake:
+        with pytest.raises(kube.DeployInProgress,
+                           match=r"held by marketsearch-training-x7k2p-deploy-pod/7"):
+            deploy(cfg, _bundle(tmp_path), _promoted("4", champion="3"), api=fake.api())
+    assert fake.calls() == [("POST", LEASES), ("GET", LEASE)]
+    assert _keys(s3_endpoint, s3_bucket) == set()
+    assert _champion(cfg) == "3" and _deploy_status(cfg, "4") is None
+
+
+def test_an_expired_lease_is_taken_over_by_compare_and_set(cfg):
+    """A holder that died is replaced, carrying the resourceVersion read: if another deploy
+    replaced it first, the API server answers 409 and this one gives up."""
+    routes = {("POST", LEASES): [(409, "lease-exists")], ("GET", LEASE): [(200, "lease-expired")],
+              ("PUT", LEASE): [(200, "lease-created")], ("DELETE", LEASE): [(200, "lease-deleted")]}
+    with FakeKubeApi(routes) as fake:
+        with kube.deploy_lease(cfg, fake.api().api_client, holder="me/1") as holder:
+            assert holder == "me/1"
+            assert fake.calls()[-1] == ("PUT", LEASE)
+    put = fake.requests[2]["body"]
+    assert put["metadata"]["resourceVersion"] == "56"          # what it read: compare-and-set
+    assert put["spec"]["holderIdentity"] == "me/1"
+    assert fake.requests[-1]["body"]["preconditions"] == {"resourceVersion": "101"}
+
+    routes[("PUT", LEASE)] = [(409, "lease-modified")]
+    with FakeKubeApi(routes) as fake:
+        with pytest.raises(kube.DeployInProgress, match="took over the expired Lease"):
+            with kube.deploy_lease(cfg, fake.api().api_client):
+                pytest.fail("the block ran without the Lease")
+    assert ("DELETE", LEASE) not in fake.calls()               # nothing of ours to give back
+
+
+def test_a_bundle_changed_in_s3_is_not_rolled_out(tmp_path, run_dir, s3_bucket, s3_endpoint):
+    """The bundle artifact's own s3:// URI (no model_uri_prefix): deploy reads every object
+    back; one changed after the bundle was built stops it before the InferenceService."""
+    import boto3
+
+    from marketsearch.components.deploy import deploy
+
+    cfg = _cluster_cfg(tmp_path, run_dir, s3_endpoint_url=s3_endpoint)
+    _registered_versions(cfg, tmp_path, 3)
+    bundle = _bundle(tmp_path)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    for path in bundle.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), s3_bucket, f"v2/run-1/bundle/{path.relative_to(bundle)}")
+    s3.put_object(Bucket=s3_bucket, Key="v2/run-1/bundle/index/faiss.index", Body=b"\1" * 64)
+    with FakeKubeApi(LEASE_ROUTES) as fake:
+        with pytest.raises(checksums.IntegrityError, match=r"index/faiss.index does not match"):
+            deploy(cfg, bundle, _promoted("3", champion="none"),
+                   storage_uri=f"s3://{s3_bucket}/v2/run-1/bundle", api=fake.api())
+    assert fake.calls() == [("POST", LEASES), ("DELETE", LEASE)]
+    assert _champion(cfg) is None
+    # and one missing: named too
+    s3.delete_object(Bucket=s3_bucket, Key="v2/run-1/bundle/index/faiss.index")
+    with pytest.raises(checksums.IntegrityError, match=r"index/faiss.index is missing"):
+        kube.verify_uploaded(cfg, f"s3://{s3_bucket}/v2/run-1/bundle")
+
+
+def test_the_service_goes_back_when_the_alias_cannot_move(tmp_path, run_dir, s3_bucket,
+                                                         s3_endpoint):
+    """Someone moves the alias by hand while the rollout runs (outside any deploy's Lease):
+    the alias is not taken from them, and the InferenceService goes back to version 3."""
+    from marketsearch import registry
+    from marketsearch.components.deploy import deploy
+
+    cfg = _cluster_cfg(tmp_path, run_dir, model_uri_prefix=f"s3://{s3_bucket}/serving/marketsearch",
+                       s3_endpoint_url=s3_endpoint, canary_traffic_percent=0)
+    _registered_versions(cfg, tmp_path, 5)
+    registry.promote(cfg, "3", {})
+
+    def by_hand(request):
+        if request["method"] == "PATCH" and len([r for r in fake.requests
+                                                 if r["method"] == "PATCH"]) == 1:
+            registry.promote(cfg, "5", {})
+
+    routes = {("GET", ONE): [(200, "isvc-champion-ready"), (200, "isvc-promoted-ready"),
+                             (200, "isvc-promoted-ready"), (200, "isvc-back-ready")],
+              ("PATCH", ONE): [(200, "isvc-promoted-patched"), (200, "isvc-back-patched")],
+              **LEASE_ROUTES}
+    with FakeKubeApi(routes, on_request=by_hand) as fake:
+        with pytest.raises(ValueError, match="the champion is now 5"):
+            deploy(cfg, _bundle(tmp_path), _promoted("4", champion="3"), api=fake.api())
+    patches = [r["body"] for r in fake.requests if r["method"] == "PATCH"]
+    assert [kube.storage_uri_of(p["spec"]["predictor"]) for p in patches] == [
+        f"s3://{s3_bucket}/serving/marketsearch/4", V3]
+    assert patches[1]["metadata"]["annotations"] == {kube.VERSION_ANNOTATION: "3"}
+    assert _champion(cfg) == "5"                    # the hand that moved it is respected
+    assert _deploy_status(cfg, "4") == "rolled_back"
+    assert fake.calls()[-1] == ("DELETE", LEASE)

@@ -189,6 +189,10 @@ class KServeConfig(_Section):
     canary_traffic_percent: int = Field(10, ge=0, le=99)
     ready_timeout_s: float = Field(900.0, gt=0)
     poll_interval_s: float = Field(5.0, gt=0)
+    # One deploy at a time: the deploy step holds the Lease <name>-deploy in the namespace
+    # (marketsearch.kube.lease) this long at most; a holder that died is taken over after it.
+    # It must outlast a rollout (a canary wait and a promotion wait).
+    deploy_lease_s: float = Field(3600.0, gt=0)
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(3, ge=1)
     requests: dict[str, str] = {"cpu": "500m", "memory": "2Gi"}
@@ -205,6 +209,10 @@ class KServeConfig(_Section):
                 raise ValueError(f"kserve.image: pin a tag or digest, not {self.image!r}")
         if self.max_replicas < self.min_replicas:
             raise ValueError("kserve.max_replicas must be >= kserve.min_replicas")
+        if self.deploy_lease_s <= 2 * self.ready_timeout_s:
+            raise ValueError(f"kserve.deploy_lease_s ({self.deploy_lease_s:g}) must be more than "
+                             f"two kserve.ready_timeout_s ({self.ready_timeout_s:g}): a deploy "
+                             "still rolling out would lose its lease to the next one")
         if self.model_uri_prefix is not None and not self.model_uri_prefix.startswith("s3://"):
             raise ValueError(f"kserve.model_uri_prefix must be an s3:// URI, got "
                              f"{self.model_uri_prefix!r}")

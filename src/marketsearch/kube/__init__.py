@@ -25,21 +25,26 @@ The package, by what the code does:
 
     service.py  the names KServe uses, ``KServeDeployError`` and the object itself
                 (``build_inference_service``, ``serving_image``, ``storage_uri_of``)
-    storage.py  where KServe reads the bundle from (``storage_uri_for``, ``upload_bundle``)
+    storage.py  where KServe reads the bundle from (``storage_uri_for``, ``upload_bundle``) and
+                its check there against the bundle's checksums (``verify_uploaded``)
+    lease.py    one deploy at a time: a Kubernetes Lease held by compare-and-set
+                (``deploy_lease``)
     rollout.py  the Kubernetes API calls, the readiness checks (``is_ready``, ``failure``) and
                 the rollout (``deploy_inference_service``)
 """
+from .lease import DeployInProgress, deploy_lease, lease_name
 from .rollout import (custom_objects_api, deploy_inference_service, failure, is_ready,
                       wait_ready)
 from .service import (API_VERSION, CONTAINER, FATAL_REASONS, FATAL_TRANSITIONS, FIELD_MANAGER,
                       GROUP, MODEL_MOUNT, PLURAL, STORAGE_URI_ENV, VERSION, VERSION_ANNOTATION,
                       KServeDeployError, build_inference_service, serving_image, storage_uri_of)
-from .storage import storage_uri_for, upload_bundle
+from .storage import storage_uri_for, upload_bundle, verify_uploaded
 
 __all__ = [
     "API_VERSION", "CONTAINER", "FATAL_REASONS", "FATAL_TRANSITIONS", "FIELD_MANAGER", "GROUP",
     "MODEL_MOUNT", "PLURAL", "STORAGE_URI_ENV", "VERSION", "VERSION_ANNOTATION",
-    "KServeDeployError", "build_inference_service", "custom_objects_api",
+    "DeployInProgress", "KServeDeployError", "build_inference_service", "deploy_lease",
+    "lease_name", "custom_objects_api",
     "deploy_inference_service", "failure", "is_ready", "serving_image", "storage_uri_for",
-    "storage_uri_of", "upload_bundle", "wait_ready",
+    "storage_uri_of", "upload_bundle", "verify_uploaded", "wait_ready",
 ]

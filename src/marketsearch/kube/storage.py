@@ -49,3 +49,39 @@ def upload_bundle(cfg: Config, bundle_dir: str | Path, version: str) -> str:
     uri = f"s3://{bucket}/{prefix.rstrip('/')}"
     log.info("uploaded bundle %s (%d files) to %s", bundle_dir, len(files), uri)
     return uri
+
+
+def verify_uploaded(cfg: Config, uri: str) -> str:
+    """Check the bundle at ``uri`` (s3://bucket/prefix, what KServe will download) against its
+    own ``checksums.json``, reading every object back; return the manifest's sha256. Raises
+    IntegrityError naming the first object that is missing, extra or different: nothing is
+    rolled out to a bundle that is not, byte for byte, the one evaluate passed."""
+    import hashlib
+
+    from marketsearch import checksums
+    from marketsearch.sources import parse_s3_uri, s3_client
+
+    if not uri.startswith("s3://"):
+        raise ValueError(f"deploy verifies the bundle where KServe reads it before rolling out, "
+                         f"and can read only s3:// (got {uri!r})")
+    bucket, prefix = parse_s3_uri(uri)
+    client = s3_client(cfg.kserve.s3_endpoint_url)
+    keys = [obj["Key"] for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix) for obj in page.get("Contents", [])]
+    names = {key.removeprefix(prefix) for key in keys}
+    if checksums.CHECKSUMS_FILE not in names:
+        raise checksums.IntegrityError(f"bundle {uri} has no {checksums.CHECKSUMS_FILE}: "
+                                       "the upload is incomplete or it is not a bundle")
+    manifest = client.get_object(Bucket=bucket, Key=prefix + checksums.CHECKSUMS_FILE)["Body"].read()
+
+    def sha256(name: str) -> str:
+        digest = hashlib.sha256()
+        body = client.get_object(Bucket=bucket, Key=prefix + name)["Body"]
+        for block in iter(lambda: body.read(checksums.CHUNK), b""):
+            digest.update(block)
+        return digest.hexdigest()
+
+    checksums.check(f"bundle {uri}", manifest, sorted(names - checksums.UNLISTED), sha256)
+    log.info("verified bundle %s against its checksums (%d files)", uri,
+             len(names - checksums.UNLISTED))
+    return hashlib.sha256(manifest).hexdigest()
