@@ -45,14 +45,16 @@ def clean(cfg: Config, validated: ValidatedData) -> CleanData:
     return data
 
 
-@step(reads=("clean",), inputs={"clean_data": CleanData}, cached=False)
+@step(reads=("clean", "data"), inputs={"clean_data": CleanData}, cached=False)
 def load_db(cfg: Config, clean_data: CleanData) -> dict:
-    """Upsert the clean listings and photos into the database; returns the row counts."""
+    """Upsert the clean listings and photos into the database, a transaction per shard of
+    ``data.shard_rows`` listings (marketsearch.db); returns the row counts."""
     from marketsearch import db
 
     data = CleanData.coerce(clean_data)
     if cfg.database_url.startswith("sqlite:///"):
         Path(cfg.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    upsert = db.upsert_clean(cfg.database_url, data.products, data.images.drop(columns=["row"]))
+    upsert = db.upsert_clean(cfg.database_url, data.products, data.images.drop(columns=["row"]),
+                             shard_rows=cfg.data.shard_rows)
     log.info("load_db: %s", upsert)
     return upsert

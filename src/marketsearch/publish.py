@@ -31,25 +31,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from marketsearch import checksums
+from marketsearch.faults import crash_point
 
 log = logging.getLogger(__name__)
 
 BUNDLES_DIR = ".bundles"
 VERSION_FILE = "VERSION"
 KEEP = 3
-# A named point where a test may kill the process (``MARKETSEARCH_CRASH_AT``): fault injection
-# for the crash tests, a no-op otherwise.
-CRASH_ENV = "MARKETSEARCH_CRASH_AT"
+# Where the crash tests kill a deploy (marketsearch.faults).
 CRASH_POINTS = ("before_copy", "mid_copy", "after_copy", "after_swap", "after_alias")
 
 
 class DeployLockError(RuntimeError):
     """Another deploy of the same served directory is running."""
-
-
-def crash_point(name: str) -> None:
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), 9)
 
 
 def _paths(served: Path) -> tuple[Path, Path, Path]:

@@ -14,7 +14,8 @@ import pytest
 
 from marketsearch import checksums
 from marketsearch.config import load_config
-from marketsearch.publish import CRASH_ENV, CRASH_POINTS, DeployLockError, deploy_lock, recover
+from marketsearch.faults import CRASH_ENV
+from marketsearch.publish import CRASH_POINTS, DeployLockError, deploy_lock, recover
 
 
 def _cfg(tmp_path: Path):

@@ -165,3 +165,85 @@ def test_upsert_catalogue_sized_batch(tmp_path: Path):
     assert upsert_clean(url, products, images)["images"]["inserted"] == m
     again = upsert_clean(url, products, images)
     assert again["products"]["unchanged"] == n and again["images"]["unchanged"] == m
+
+
+# --- shard by shard ----------------------------------------------------------------------
+def test_shards_write_what_one_transaction_writes(db_url, clean_frames, tmp_path):
+    """The same frames in shards of 7 listings: the same tables as one transaction, the same
+    counts, and a re-run in shards writes nothing."""
+    products, images = clean_frames
+    one = f"sqlite:///{tmp_path / 'one.db'}"
+    whole = upsert_clean(one, products, images)
+    sharded = upsert_clean(db_url, products, images, shard_rows=7)
+    assert sharded == whole
+    for a, b in zip(snapshot(one), snapshot(db_url)):
+        pd.testing.assert_frame_equal(a, b)
+    again = upsert_clean(db_url, products, images, shard_rows=7)
+    assert again["products"] == {"inserted": 0, "updated": 0, "unchanged": len(products)}
+    assert again["images"] == {"inserted": 0, "updated": 0, "unchanged": len(images)}
+
+
+def test_a_bad_shard_is_rolled_back_and_named_while_the_others_land(db_url, clean_frames):
+    from marketsearch.db import ShardsFailed, shards_of, upsert_shards
+
+    products, images = clean_frames
+    shards = list(shards_of(products, images, 10))
+    name, bad_products, bad_images = shards[1]
+    bad_products = bad_products.copy()
+    bad_products.loc[bad_products.index[0], "title"] = None      # a required value missing
+    shards[1] = (name, bad_products, bad_images)
+    with pytest.raises(ShardsFailed, match=rf"1 shard\(s\) not written.*{name}: products have "
+                                           r"no title") as err:
+        upsert_shards(db_url, shards)
+    assert set(err.value.failed) == {name}
+    listings, photos = snapshot(db_url)
+    assert set(listings["id"]) == set(products["id"]) - set(bad_products["id"])
+    assert set(photos["id"]) == set(images["id"]) - set(bad_images["id"])
+    assert err.value.counts["products"]["inserted"] == len(products) - len(bad_products)
+
+
+WRITER = """
+import sys
+import pandas as pd
+from marketsearch.db import upsert_clean
+url, products, images, shard_rows = sys.argv[1:]
+upsert_clean(url, pd.read_parquet(products), pd.read_parquet(images), shard_rows=int(shard_rows))
+"""
+
+
+@pytest.mark.parametrize("point", ["db_mid_shard@3", "db_after_shard@2"])
+def test_a_writer_killed_mid_way_then_rerun_leaves_the_tables_of_an_uninterrupted_run(
+        postgres_db_url, clean_frames, tmp_path, point):
+    """SIGKILL of the writer in the middle of a shard's transaction (the listings written, the
+    photos not) and between two shards, on a real Postgres: only whole shards are left, and
+    the re-run gives exactly the tables of a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from marketsearch.faults import CRASH_ENV
+
+    products, images = clean_frames
+    upsert_clean(postgres_db_url, products, images)                # uninterrupted
+    expected = snapshot(postgres_db_url)
+    engine = sa.create_engine(postgres_db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE {PHOTOS}, {LISTINGS}"))
+    engine.dispose()
+
+    products.to_parquet(tmp_path / "p.parquet")
+    images.to_parquet(tmp_path / "i.parquet")
+    args = [sys.executable, "-c", WRITER, postgres_db_url, str(tmp_path / "p.parquet"),
+            str(tmp_path / "i.parquet"), "10"]
+    killed = subprocess.run(args, env={**os.environ, CRASH_ENV: point}, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    listings, photos = snapshot(postgres_db_url)
+    assert len(listings) == 20                          # two whole shards, nothing of the third
+    assert set(photos["product_id"]) <= set(listings["id"])
+    assert set(photos["id"]) == set(images[images["product_id"].isin(listings["id"])]["id"])
+
+    rerun = subprocess.run(args, capture_output=True)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    for a, b in zip(expected, snapshot(postgres_db_url)):
+        pd.testing.assert_frame_equal(a, b)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from .base import _Section
 
@@ -25,6 +25,9 @@ class DataConfig(_Section):
     # More folders laid out like local_dir whose listings join the source's (new listings
     # arriving: `marketsearch monitor --data DIR`); data.limit does not apply to them.
     extra_local_dirs: list[str] = []
+    # The catalogue moves in shards of at most this many listings, each with all its photos:
+    # the database upsert (load_db) commits one shard per transaction.
+    shard_rows: int = Field(1000, gt=0)
 
 
 class ValidateConfig(_Section):
