@@ -39,4 +39,4 @@ def ingest(cfg: Config, version: str = "") -> Snapshot:
     }
     log.info("ingest: %d listings, %d photos from %s (hash %s)", manifest["n_products"],
              manifest["n_images"], manifest["source"], manifest["content_hash"][:12])
-    return Snapshot(products, images, manifest)
+    return Snapshot(products, images, manifest, shard_rows=cfg.data.shard_rows)

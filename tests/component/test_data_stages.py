@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from marketsearch import snapshot
+from marketsearch import shards, snapshot
 from marketsearch.cleaning import split_by_id
 from marketsearch.components.clean import clean, load_db
 from marketsearch.components.ingest import ingest
@@ -39,15 +39,25 @@ def _rewrite_csv(path, mutate):
         writer.writerows(rows)
 
 
-def test_ingest_writes_snapshot_with_stable_hash(cfg, tmp_path):
+def test_ingest_writes_snapshot_with_stable_hash(tmp_path):
+    cfg = make_cfg(tmp_path, data={"local_dir": str(FIXTURE), "shard_rows": 10})
     ingest(cfg).save(tmp_path / "a")
     first, second = Snapshot.load(tmp_path / "a").manifest, ingest(cfg).manifest
     n_products = len(pd.read_csv(FIXTURE / "products.csv", dtype=str))
     assert first["n_products"] == n_products
     assert first["content_hash"] == second["content_hash"]
-    images = snapshot.read_table(tmp_path / "a", "images")
+    images = Snapshot.load(tmp_path / "a").images
     assert images["data"].map(len).gt(0).all()
     assert (images["sha256"].str.len() == 64).all()
+    # in shards of at most data.shard_rows listings, each with its photos, hashed each
+    entries = first["shards"]
+    assert len(entries) >= n_products // 10
+    assert sum(e["n_products"] for e in entries) == n_products
+    assert all(e["n_products"] <= cfg.data.shard_rows for e in entries)
+    for entry in entries:
+        listings, photos = shards.read(tmp_path / "a", entry)
+        assert set(photos["product_id"]) <= set(listings["id"])
+        assert snapshot.content_hash(listings, photos) == entry["content_hash"]
 
 
 def test_ingest_hash_changes_with_content(cfg, data_copy, tmp_path):

@@ -31,9 +31,10 @@ def test_snapshot_round_trips(tmp_path):
     back = Snapshot.load(tmp_path)
     pd.testing.assert_frame_equal(back.products, products)
     assert back.images["data"].tolist() == [b"\xff\xd8jpeg"]
-    assert back.manifest == manifest
+    assert {k: back.manifest[k] for k in manifest} == manifest
+    assert [s["name"] for s in back.manifest["shards"]] == ["shard-all"]   # one shard: all
     assert _files(tmp_path) == set(Snapshot.FILES)
-    assert back.metrics() == {"n_products": 2, "n_images": 1}
+    assert back.metrics() == {"n_products": 2, "n_images": 1, "n_shards": 1}
 
 
 def test_validated_data_round_trips_with_its_report(tmp_path):

@@ -11,38 +11,53 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from marketsearch import quarantine, snapshot
+from marketsearch import quarantine, shards, snapshot
 from marketsearch.records.base import Record, Report
 
 
 @dataclass
 class Snapshot(Record):
-    """ingest's output: the listings and photos as the source holds them (schema.py: raw)."""
+    """ingest's output: the listings and photos as the source holds them (schema.py: raw), in
+    shards of at most ``shard_rows`` listings, each with its photos (marketsearch.shards)."""
     products: pd.DataFrame
     images: pd.DataFrame       # with ``data`` (photo bytes), ``sha256`` and ``source_error``
-    manifest: dict             # source, location, counts, content_hash
+    manifest: dict             # source, location, counts, content_hash; shards once saved
+    shard_rows: int | None = None          # None: one shard
 
-    FILES = {"products.parquet": "listings, every value a string",
-             "images.parquet": "photo rows with their bytes (data), sha256 and source_error",
-             "snapshot.json": "source, location, counts and the content hash"}
+    FILES = {"shards": "shards/<name>/products.parquet (listings, every value a string) and "
+                       "images.parquet (their photos with bytes, sha256 and source_error)",
+             "snapshot.json": "source, location, counts, the content hash and the shards "
+                              "(name, path, row counts, content hash)"}
 
     def save(self, directory):
-        snapshot.write_tables(directory, products=self.products, images=self.images)
+        entries = shards.write(directory, self.products, self.images,
+                               self.shard_rows or max(len(self.products), 1))
+        self.manifest = dict(self.manifest, shard_rows=self.shard_rows,
+                             shards=[e.as_dict() for e in entries])
         snapshot.write_json(directory, "snapshot.json", self.manifest)
 
     @classmethod
     def load(cls, directory):
-        return cls(snapshot.read_table(directory, "products"),
-                   snapshot.read_table(directory, "images"),
-                   snapshot.read_json(directory, "snapshot.json"))
+        manifest = snapshot.read_json(directory, "snapshot.json")
+        parts = [shards.read(directory, entry) for entry in manifest.get("shards", [])]
+        if not parts:
+            raise FileNotFoundError(f"{directory}/snapshot.json lists no shards: is it the "
+                                    "output of ingest?")
+        return cls(pd.concat([p for p, _ in parts], ignore_index=True),
+                   pd.concat([i for _, i in parts], ignore_index=True), manifest,
+                   manifest.get("shard_rows"))
 
     def metrics(self):
-        return {k: v for k, v in self.manifest.items() if k.startswith("n_")}
+        out = {k: v for k, v in self.manifest.items() if k.startswith("n_")}
+        if "shards" in self.manifest:
+            out["n_shards"] = len(self.manifest["shards"])
+        return out
 
     def headline(self):
         m = self.manifest
-        return (f"{m['n_products']} listings, {m['n_images']} photos from {m['source']} "
-                f"(hash {m['content_hash'][:12]})")
+        shards_part = f" in {len(m['shards'])} shard(s)" if "shards" in m else ""
+        return (f"{m['n_products']} listings, {m['n_images']} photos from {m['source']}"
+                f"{shards_part} (hash {m['content_hash'][:12]})")
 
 
 @dataclass
