@@ -28,10 +28,22 @@ def clean(cfg: Config, validated: ValidatedData) -> CleanData:
     validated = ValidatedData.coerce(validated)
     products, images = validated.products, validated.images
     data = clean_frames(products, images, cfg)
-    q = quarantine.frame(data.quarantine)
     data.source = validated.source
-    data.summary = {
-        "n_products_in": len(products), "n_images_in": len(images),
+    data.summary = summarize(data, {k: v for k, v in validated.report_data.items()
+                                    if k.startswith("n_")})
+    log.info("clean: %s", data.headline())
+    return data
+
+
+def summarize(data: CleanData, validated: dict) -> dict:
+    """clean's summary of ``data``: counts (what came in is what validation passed, whose
+    counts are ``validated``), splits, labels and the reasons rows were refused; the
+    quarantine counts are clean's own (validate's rows have stage "validate")."""
+    q = quarantine.frame(data.quarantine)
+    q = q[q["stage"] == "clean"]
+    return {
+        "n_products_in": int(validated.get("n_products_valid", len(data.products))),
+        "n_images_in": int(validated.get("n_images_valid", len(data.images))),
         "n_products": len(data.products), "n_images": len(data.images),
         "n_products_quarantined": int((q["table"] == "products").sum()),
         "n_images_quarantined": int((q["table"] == "images").sum()),
@@ -39,10 +51,8 @@ def clean(cfg: Config, validated: ValidatedData) -> CleanData:
         "splits": {s: int((data.products["split"] == s).sum()) for s in SPLITS},
         "labels": data.labels, "image_size": int(data.pixels.shape[1]),
         "quarantine_reasons": quarantine.summary(q),
-        "validated": {k: v for k, v in validated.report_data.items() if k.startswith("n_")},
+        "validated": validated,
     }
-    log.info("clean: %s", data.headline())
-    return data
 
 
 @step(reads=("clean", "data"), inputs={"clean_data": CleanData}, cached=False)

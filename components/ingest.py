@@ -16,7 +16,14 @@ from marketsearch.steps import step
 log = logging.getLogger(__name__)
 
 
-@step(reads=("data", "seed"), params={"version": "str"}, output=("raw_snapshot", Snapshot))
+def shard_entries(snap: Snapshot) -> list:
+    """The task's output: the saved snapshot's shards (name, path, counts, content hash), the
+    items the training DAG fans out over."""
+    return list(snap.manifest["shards"])
+
+
+@step(reads=("data", "seed"), params={"version": "str"}, output=("raw_snapshot", Snapshot),
+      returns=shard_entries, returns_type="list")
 def ingest(cfg: Config, version: str = "") -> Snapshot:
     """Read the source named by ``cfg.data`` (``data.limit``: a stratified sample): the
     listings, the photos with their bytes and sha256, and a manifest with the content hash.

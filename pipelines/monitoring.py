@@ -1,6 +1,9 @@
 """The monitoring DAG, run on a schedule: ingest -> validate -> drift_check ->
-[if drift] the training subgraph on the same validated snapshot (clean ... evaluate ->
-[if promoted] deploy), under the same exit handler as the training DAG.
+[if drift] clean and the training subgraph on the same validated snapshot (load_db ...
+evaluate -> [if promoted] deploy), under the same exit handler as the training DAG.
+
+Unlike the training DAG it validates and cleans the snapshot whole, not shard by shard: the
+drift checks compare the whole validated snapshot with the champion's reference.
 
 The source is read whole (on a laptop: ``data.local_dir`` plus ``data.extra_local_dirs``, the
 new listings); drift_check judges only the listings the champion has never seen. When it
@@ -12,19 +15,21 @@ the drift checks.
 from kfp import dsl
 
 from marketsearch.config import Config
-from marketsearch.pipelines.training import build_pipeline, ingest_and_validate, training_subgraph
+from marketsearch.pipelines.training import build_pipeline, ingest_snapshot, training_subgraph
 
 PIPELINE_NAME = "marketsearch-monitoring"
 DESCRIPTION = ("New listings -> validated -> drift checks against the champion's training "
                "reference -> retrain, evaluate and promote only on drift.")
 
 
-def monitoring_dag(c, p) -> None:
-    validated = ingest_and_validate(c, p)
+def monitoring_dag(c, p, cfg) -> None:  # noqa: ARG001  (build_pipeline's body signature)
+    ing = ingest_snapshot(c, p)
+    validated = c.validate(p, raw_snapshot=ing.outputs["raw_snapshot"]).outputs["validated"]
     drift = c.drift_check(p, validated=validated)
     # drift_check returns "retrain": drift found and not monitoring.dry_run
     with dsl.If(drift.outputs["Output"] == True, name="drifted"):  # noqa: E712
-        training_subgraph(c, p, validated)
+        cln = c.clean(p, validated=validated)
+        training_subgraph(c, p, cln.outputs["clean_data"])
 
 
 def build_monitoring_pipeline(cfg: Config):

@@ -1,9 +1,11 @@
 """The training DAG, under an exit handler that closes the run's MLflow parent:
 
-    open_run (+ the source's fingerprint) -> ingest -> validate -> clean -> load_db
-                                                          \\-> (train_image || train_text)
-                                                              -> train_fusion -> build_index
-                                                              -> evaluate -> [if promoted] deploy
+    open_run (+ the source's fingerprint) -> ingest (in shards)
+        -> ParallelFor shard: prepare_shard (validate + clean one shard)
+        -> gather_clean (dsl.Collected) -> load_db
+                                        \\-> (train_image || train_text)
+                                            -> train_fusion -> build_index
+                                            -> evaluate -> [if promoted] deploy
     close_run (exit handler: whatever happened)
 
 The same DAG runs locally through ``kfp.local`` (``marketsearch run``) and on a cluster from its
@@ -26,11 +28,8 @@ DESCRIPTION = ("Listings (photos + text) -> validated, clean data -> image, text
                "TensorFlow models -> FAISS index -> evaluated, promoted champion.")
 
 
-def training_subgraph(c: SimpleNamespace, p: dict, validated) -> SimpleNamespace:
-    """clean ... deploy on a validated snapshot; shared by the training and monitoring DAGs
-    (both validate the snapshot first, the monitoring DAG before its drift checks)."""
-    cln = c.clean(p, validated=validated)
-    data = cln.outputs["clean_data"]
+def training_subgraph(c: SimpleNamespace, p: dict, data) -> SimpleNamespace:
+    """load_db ... deploy on clean data; shared by the training and monitoring DAGs."""
     c.load_db(p, clean_data=data)
     img = c.train_image(p, clean_data=data)
     txt = c.train_text(p, clean_data=data)
@@ -39,21 +38,31 @@ def training_subgraph(c: SimpleNamespace, p: dict, validated) -> SimpleNamespace
     ev = c.evaluate(p, clean_data=data, bundle=idx.outputs["bundle"])
     with dsl.If(ev.outputs["Output"] == True, name="promoted"):  # noqa: E712  (KFP condition)
         c.deploy(p, bundle=idx.outputs["bundle"], decision=ev.outputs["evaluation"])
-    return SimpleNamespace(clean=cln, train_image=img, train_text=txt,
-                           train_fusion=fus, build_index=idx, evaluate=ev)
+    return SimpleNamespace(train_image=img, train_text=txt, train_fusion=fus, build_index=idx,
+                           evaluate=ev)
 
 
-def ingest_and_validate(c: SimpleNamespace, p: dict):
-    """open_run -> ingest -> validate, the head of both DAGs (ingest takes the source's
-    fingerprint from open_run); returns the validated snapshot."""
+def ingest_snapshot(c: SimpleNamespace, p: dict):
+    """open_run -> ingest, the head of both DAGs (ingest takes the source's fingerprint from
+    open_run); returns the ingest task (outputs: the sharded snapshot, and its shards' list)."""
     opened = c.open_run(p, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
-    ing = c.ingest(p, version=opened.output)
-    return c.validate(p, raw_snapshot=ing.outputs["raw_snapshot"]).outputs["validated"]
+    return c.ingest(p, version=opened.output)
+
+
+def prepared_shards(c: SimpleNamespace, p: dict, parallelism: int):
+    """Each shard of the snapshot validated and cleaned in a task of its own, gathered into
+    one CleanData; returns it."""
+    ing = ingest_snapshot(c, p)
+    with dsl.ParallelFor(ing.outputs["Output"], parallelism=parallelism, name="shards") as shard:
+        prep = c.prepare_shard(p, raw_snapshot=ing.outputs["raw_snapshot"], shard=shard)
+    gathered = c.gather_clean(p, clean_shards=dsl.Collected(prep.outputs["clean_shard"]))
+    return gathered.outputs["clean_data"]
 
 
 def build_pipeline(cfg: Config, name: str, description: str, body):
     """A pipeline whose parameters are the config's sections and keys (defaults: ``cfg``), run
-    inside an exit handler that closes the MLflow parent run. ``body(c, p)`` builds the DAG."""
+    inside an exit handler that closes the MLflow parent run. ``body(c, p, cfg)`` builds the
+    DAG."""
     c = make_components(cfg)
     defaults = pipeline_parameters(cfg)
     signature = inspect.Signature([
@@ -65,7 +74,7 @@ def build_pipeline(cfg: Config, name: str, description: str, body):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         with dsl.ExitHandler(c.close_run(bound.arguments), name="run"):
-            body(c, bound.arguments)
+            body(c, bound.arguments, cfg)
 
     dag.__signature__ = signature
     dag.__name__ = name.replace("-", "_")
@@ -74,5 +83,5 @@ def build_pipeline(cfg: Config, name: str, description: str, body):
 
 def build_training_pipeline(cfg: Config):
     """The training pipeline, with the config as its parameters' defaults."""
-    return build_pipeline(cfg, PIPELINE_NAME, DESCRIPTION,
-                          lambda c, p: training_subgraph(c, p, ingest_and_validate(c, p)))
+    return build_pipeline(cfg, PIPELINE_NAME, DESCRIPTION, lambda c, p, cfg: training_subgraph(
+        c, p, prepared_shards(c, p, cfg.kfp.shard_parallelism)))

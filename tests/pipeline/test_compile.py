@@ -8,7 +8,7 @@ from marketsearch.cli import main
 from marketsearch.config import load_config
 from marketsearch.steps import all_steps
 
-STAGES = {"open-run", "ingest", "validate", "clean", "load-db", "train-image",
+STAGES = {"open-run", "ingest", "prepare-shard", "gather-clean", "load-db", "train-image",
           "train-text", "train-fusion", "build-index", "evaluate", "deploy"}
 TRAINING = ("train-image", "train-text", "train-fusion")
 
@@ -47,8 +47,11 @@ def _inputs(spec: dict, task: dict) -> dict:
                 spec["root"]["inputDefinitions"]["parameters"].items()}
     values = {}
     for name, ref in task.get("inputs", {}).get("parameters", {}).items():
-        if "componentInputParameter" in ref:     # a pipeline parameter, through the sub-DAGs
-            values[name] = defaults[ref["componentInputParameter"].removeprefix("pipelinechannel--")]
+        source = ref.get("componentInputParameter", "").removeprefix("pipelinechannel--")
+        if source in defaults:                   # a pipeline parameter, through the sub-DAGs
+            values[name] = defaults[source]
+        elif source:                             # a loop's item
+            values[name] = source
         else:
             values[name] = ref.get("runtimeValue", ref.get("taskOutputParameter"))
     return values
@@ -64,8 +67,20 @@ def test_compile_writes_the_dag(tmp_path):
     assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert exit_task["inputs"]["parameters"]["status"]["taskFinalStatus"]["producerTask"]
     # dependencies: fusion after both trainers, evaluate after build_index
-    assert set(tasks["train-fusion"]["dependentTasks"]) >= {"train-image", "train-text", "clean"}
+    assert set(tasks["train-fusion"]["dependentTasks"]) >= {"train-image", "train-text", "gather-clean"}
     assert "build-index" in tasks["evaluate"]["dependentTasks"]
+    # the data fan-out: prepare_shard once per item of ingest's shard list, at most
+    # kfp.shard_parallelism at once, gathered from dsl.Collected
+    loop = next(t for t in spec["components"]["comp-exit-handler-1"]["dag"]["tasks"].values()
+                if "parameterIterator" in t)
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("ingest-Output")
+    assert loop["iteratorPolicy"]["parallelismLimit"] == load_config().kfp.shard_parallelism
+    gather = tasks["gather-clean"]["inputs"]["artifacts"]["clean_shards"]
+    assert gather["taskOutputArtifact"]["outputArtifactKey"] == \
+        "pipelinechannel--prepare-shard-clean_shard"
+    assert "prepare-shard" not in tasks["gather-clean"]["dependentTasks"]   # the loop, whole
+    assert tasks["prepare-shard"]["inputs"]["parameters"]["shard"]["componentInputParameter"] \
+        .endswith("ingest-Output-loop-item")
     assert "open-run" in tasks["ingest"]["dependentTasks"]     # the source's fingerprint
     # images from config (locally: tagged with the code's digest); no per-run id anywhere in a
     # stage's inputs but open_run's run name
@@ -100,7 +115,7 @@ def test_each_task_takes_only_the_config_it_reads(tmp_path):
     b = _compile(tmp_path, "b", "drift.alpha=0.01", "drift.mmd_permutations=999",
                  "monitoring.dry_run=true", "evaluate.min_improvement=0.05")
     ta, tb = _tasks(a), _tasks(b)
-    for name in ("ingest", "validate", "clean", *TRAINING):
+    for name in ("ingest", "prepare-shard", "gather-clean", *TRAINING):
         assert _inputs(a, ta[name]) == _inputs(b, tb[name]), name
         assert "drift" not in ta[name]["inputs"]["parameters"], name
     # the stages that do read them see the change

@@ -62,7 +62,9 @@ def eks(tmp_path_factory):
 def test_every_stage_is_compiled_deploy_under_promoted(eks):
     cfg, spec, platform, _ = eks
     tasks = tasks_by_stage(spec, platform)
-    assert set(tasks) == set(KFP_STAGES) - {"drift_check"}  # drift_check: the monitoring DAG's
+    # drift_check, and validate and clean of the whole snapshot: the monitoring DAG's (this one
+    # validates and cleans shard by shard)
+    assert set(tasks) == set(KFP_STAGES) - {"drift_check", "validate", "clean"}
     # the run's id reaches every task from its pod's label, never as an input
     for stage, t in tasks.items():
         assert {"name": "MARKETSEARCH_PIPELINE_RUN",
@@ -155,9 +157,9 @@ def test_retries_and_caching_as_configured(eks):
     # compute on their inputs (ingest included: the uncached open_run fingerprints the
     # source for it), off where the outside world is read or changed
     assert all(cfg.kfp.retries.get(s, 0) > 0 for s in
-               ("ingest", "validate", "clean", "build_index", *GPU_STAGES))
+               ("ingest", "prepare_shard", "build_index", *GPU_STAGES))
     cached = {s for s, t in tasks.items() if t["task"].get("cachingOptions", {}).get("enableCache")}
-    assert cached == {"ingest", "validate", "clean", "build_index", *GPU_STAGES}
+    assert cached == {"ingest", "prepare_shard", "gather_clean", "build_index", *GPU_STAGES}
 
 
 def test_secrets_come_from_the_kubernetes_secret(eks):

@@ -14,7 +14,7 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gumtree_small"
 TINY = [
     "clean.image_size=32", "image_model.epochs=2", "image_model.input_size=64", "image_model.batch_size=32",
     "text_model.epochs=3", "text_model.word2vec.epochs=2", "text_model.max_len=48",
-    "fusion.epochs=3", "mlflow.artifact_location=null",
+    "fusion.epochs=3", "mlflow.artifact_location=null", "data.shard_rows=20",
 ]
 
 pytestmark = pytest.mark.slow
@@ -68,6 +68,11 @@ def test_pipeline_trains_evaluates_indexes_and_deploys(pipeline_run, capsys):
         right = sum(row[i] for i, row in enumerate(matrix))
         assert summary["test"][m]["accuracy"] == round(right / summary["test"]["n_pairs"], 4)
     assert summary["decision"]["promote"] is True  # no champion yet
+    # the data fan-out: one prepare_shard task per shard of ingest's snapshot
+    run_dir = Path(summary["run_dir"])
+    manifest = json.loads((run_dir / "ingest" / "raw_snapshot" / "snapshot.json").read_text())
+    iterations = [p for p in run_dir.glob("for-loop-*-iteration-*") if (p / "prepare-shard").is_dir()]
+    assert len(manifest["shards"]) >= 2 and len(iterations) == len(manifest["shards"])
     assert summary["index"]["n_listings"] == summary["listings"]["clean"]
 
     import mlflow
@@ -80,7 +85,7 @@ def test_pipeline_trains_evaluates_indexes_and_deploys(pipeline_run, capsys):
     parent, children = _last_pipeline_run(client)
     assert parent.info.status == "FINISHED"          # closed by the DAG's exit handler
     stages = {r.data.tags["stage"] for r in children}
-    assert stages == {"ingest", "validate", "clean", "load_db", "train_image",
+    assert stages == {"ingest", "prepare_shard", "gather_clean", "load_db", "train_image",
                       "train_text", "train_fusion", "build_index", "evaluate", "deploy"}
     assert {r.info.status for r in children} == {"FINISHED"}
     train_run = next(r for r in children if r.data.tags["stage"] == "train_image")

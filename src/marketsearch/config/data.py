@@ -25,9 +25,13 @@ class DataConfig(_Section):
     # More folders laid out like local_dir whose listings join the source's (new listings
     # arriving: `marketsearch monitor --data DIR`); data.limit does not apply to them.
     extra_local_dirs: list[str] = []
-    # The catalogue moves in shards of at most this many listings, each with all its photos:
-    # the database upsert (load_db) commits one shard per transaction.
+    # The catalogue moves in shards of at most this many listings, each with all its photos
+    # (marketsearch.shards): ingest writes them, the training DAG validates and cleans each in
+    # a task of its own (components/shard.py), the database upsert commits one per transaction.
     shard_rows: int = Field(1000, gt=0)
+    # A shard's clean data by its content, config and code: an unchanged shard is not
+    # validated and cleaned again. None: off.
+    shard_cache: str | None = "{run_dir}/cache/shards"
 
 
 class ValidateConfig(_Section):

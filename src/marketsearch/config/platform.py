@@ -49,10 +49,11 @@ class ServingConfig(_Section):
 
 # The pipeline's stages (KFP task names use dashes: train-image) and the kind of
 # each, which picks its image and its Kubernetes requests/limits.
-KFP_STAGES = ("open_run", "ingest", "validate", "clean", "load_db",
+KFP_STAGES = ("open_run", "ingest", "prepare_shard", "gather_clean", "validate", "clean", "load_db",
               "train_image", "train_text", "train_fusion", "build_index", "evaluate", "deploy",
               "drift_check", "close_run")
-KFP_STAGE_KINDS = {"open_run": "data", "ingest": "data",
+KFP_STAGE_KINDS = {"open_run": "data", "ingest": "data", "prepare_shard": "data",
+                   "gather_clean": "data",
                    "validate": "data", "clean": "data", "load_db": "data", "deploy": "data",
                    "close_run": "data",
                    "train_image": "train", "train_text": "train", "train_fusion": "train",
@@ -106,11 +107,15 @@ class KfpConfig(_Section):
                                  memory_limit="12Gi"),
     }
     # Retries per stage (absent: none), with exponential back-off.
-    retries: dict[str, int] = {"ingest": 2, "validate": 1, "clean": 2, "train_image": 1,
+    retries: dict[str, int] = {"ingest": 2, "prepare_shard": 2, "validate": 1, "clean": 2,
+                               "train_image": 1,
                                "train_text": 1, "train_fusion": 1, "build_index": 1}
     retry_backoff: str = "30s"
     retry_backoff_factor: float = 2.0
     retry_backoff_max: str = "3600s"
+    # How many shards are validated and cleaned at once (dsl.ParallelFor's parallelism;
+    # kfp.local runs at most two at a time whatever this says).
+    shard_parallelism: int = Field(8, ge=1)
     # KFP caching per stage (absent: on). A stage that acts outside its artifacts (open_run,
     # load_db, evaluate, deploy, drift_check, close_run; see marketsearch.steps) is
     # never cached whatever this says; set a stage false here to always rerun it.

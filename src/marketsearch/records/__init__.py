@@ -1,16 +1,19 @@
 """Typed records between stages (see base.Record): each writes itself to an artifact directory
 and reads itself back, and names its files in one place (``FILES``).
 
-    ingest       -> Snapshot          validate   -> ValidatedData     clean -> CleanData
+    ingest       -> Snapshot (in shards; SnapshotShards reads one at a time)
+    prepare_shard -> CleanData (one shard)   gather_clean -> CleanData (all of them)
+    validate     -> ValidatedData     clean -> CleanData     (the monitoring DAG, whole)
     train_image  -> TrainedModel      train_text -> TrainedModel      train_fusion -> TrainedModel
     build_index  -> Bundle (marketsearch.bundle)
     evaluate     -> Evaluation (with its Decision)   deploy -> Deployment
     drift_check  -> DriftResult
 """
 from marketsearch.records.base import Record, Report
-from marketsearch.records.data import CleanData, Snapshot, ValidatedData, report_markdown
+from marketsearch.records.data import (CleanData, Snapshot, SnapshotShards, ValidatedData,
+                                       report_markdown)
 from marketsearch.records.models import TrainedModel
 from marketsearch.records.outcomes import Decision, Deployment, DriftResult, Evaluation
 
 __all__ = ["CleanData", "Decision", "Deployment", "DriftResult", "Evaluation", "Record", "Report",
-           "Snapshot", "TrainedModel", "ValidatedData", "report_markdown"]
+           "Snapshot", "SnapshotShards", "TrainedModel", "ValidatedData", "report_markdown"]

@@ -61,6 +61,32 @@ class Snapshot(Record):
 
 
 @dataclass
+class SnapshotShards(Record):
+    """ingest's output read shard by shard: the manifest, and one shard at a time on demand
+    (a per-shard task loads only its own shard, never the catalogue)."""
+    directory: Path
+    manifest: dict
+
+    FILES = Snapshot.FILES
+
+    def save(self, directory):
+        raise TypeError("SnapshotShards only reads an ingest output; ingest saves a Snapshot")
+
+    @classmethod
+    def load(cls, directory):
+        return cls(Path(directory), snapshot.read_json(directory, "snapshot.json"))
+
+    def shard(self, entry: dict) -> Snapshot:
+        """One shard as a Snapshot (its manifest: the snapshot's, with ``shard`` = the entry)."""
+        known = {e["name"]: e for e in self.manifest.get("shards", [])}
+        if entry["name"] not in known:
+            raise KeyError(f"shard {entry['name']!r} is not in {self.directory}/snapshot.json")
+        products, images = shards.read(self.directory, known[entry["name"]])
+        manifest = {k: v for k, v in self.manifest.items() if k != "shards"}
+        return Snapshot(products, images, dict(manifest, shard=known[entry["name"]]))
+
+
+@dataclass
 class ValidatedData(Record):
     """validate's output: the rows that passed, the quarantined ones with their reasons, and the
     Great Expectations report."""

@@ -29,7 +29,8 @@ class Step:
     module: str
     func: Callable
     reads: tuple[str, ...]
-    inputs: dict                   # input artifact (= function parameter) -> record type
+    inputs: dict                   # input artifact (= function parameter) -> record type, or
+                                   # [record type]: a list of them (a fan-out's dsl.Collected)
     output: tuple | None           # (artifact name, record type) or None
     views: dict                    # extra output artifact -> one of VIEWS
     params: dict                   # plain inputs (not config) -> KFP type annotation

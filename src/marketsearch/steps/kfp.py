@@ -13,6 +13,7 @@ import functools
 import json
 import linecache
 from types import SimpleNamespace
+from typing import List
 
 from kfp import dsl
 
@@ -21,7 +22,7 @@ from marketsearch.steps import Step, all_steps
 from marketsearch.steps.config_view import values_for
 
 # The KFP artifact type of each record.
-ARTIFACT_TYPES = {"Snapshot": "Dataset", "ValidatedData": "Dataset", "CleanData": "Dataset",
+ARTIFACT_TYPES = {"Snapshot": "Dataset", "SnapshotShards": "Dataset", "ValidatedData": "Dataset", "CleanData": "Dataset",
                   "TrainedModel": "Model", "Bundle": "Model", "Evaluation": "Artifact",
                   "Decision": "Artifact", "DriftResult": "Artifact", "Deployment": "Artifact"}
 SCALAR_TYPES = {"run_dir": "str", "seed": "int"}
@@ -40,7 +41,9 @@ _TEMPLATE = '''def {name}({params}){returns}:
 def wrapper_source(step: Step) -> str:
     params = [f"{r}: {SCALAR_TYPES.get(r, 'str')}" for r in step.reads]
     params += [f"{p}: {t}" for p, t in step.params.items()]
-    params += [f"{a}: dsl.Input[dsl.{ARTIFACT_TYPES[t.__name__]}]" for a, t in step.inputs.items()]
+    params += [f"{a}: dsl.Input[List[dsl.{ARTIFACT_TYPES[t[0].__name__]}]]" if isinstance(t, list)
+               else f"{a}: dsl.Input[dsl.{ARTIFACT_TYPES[t.__name__]}]"
+               for a, t in step.inputs.items()]
     if step.output:
         name, record = step.output
         params.append(f"{name}: dsl.Output[dsl.{ARTIFACT_TYPES[record.__name__]}]")
@@ -56,7 +59,8 @@ def component(step: Step, base_image: str):
     # KFP reads a component's source with inspect.getsource, which finds it in linecache.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict = {}
-    exec(compile(source, filename, "exec", dont_inherit=True), {"dsl": dsl}, namespace)  # noqa: S102
+    exec(compile(source, filename, "exec", dont_inherit=True),  # noqa: S102
+         {"dsl": dsl, "List": List}, namespace)
     return dsl.component(namespace[step.name], base_image=base_image, install_kfp_package=False)
 
 

@@ -34,7 +34,8 @@ def run_step(module: str, name: str, args: dict):
     from marketsearch import tracking
 
     cfg = config_from({k: args[k] for k in step.reads}, name)
-    kwargs = {param: record_type.load(args[param].path) for param, record_type in step.inputs.items()}
+    kwargs = {param: [kind[0].load(a.path) for a in args[param]] if isinstance(kind, list)
+              else kind.load(args[param].path) for param, kind in step.inputs.items()}
     kwargs.update({p: args[p] for p in step.params})
     kwargs.update({param: args[artifact].uri for param, artifact in step.uris.items()})
     if step.out_dir:

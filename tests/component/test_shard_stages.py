@@ -1,0 +1,88 @@
+"""The data fan-out's stages without KFP: each shard validated and cleaned on its own
+(prepare_shard), gathered (gather_clean) into what validate + clean give on the whole."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from marketsearch.components.clean import clean
+from marketsearch.components.ingest import ingest
+from marketsearch.components.shard import gather_clean, prepare_shard
+from marketsearch.components.validate import ValidationError, validate
+from marketsearch.records import CleanData, Snapshot, SnapshotShards
+
+from .conftest import make_cfg
+from .test_data_stages import _rewrite_csv
+
+
+def _fan_out(cfg, raw_dir):
+    """ingest's saved snapshot -> prepare_shard per shard, each saved and read back -> gather."""
+    ingest(cfg).save(raw_dir)
+    shards = SnapshotShards.load(raw_dir)
+    parts = []
+    for k, entry in enumerate(shards.manifest["shards"]):
+        prepare_shard(cfg, shards, entry).save(raw_dir.parent / f"shard-{k}")
+        parts.append(CleanData.load(raw_dir.parent / f"shard-{k}"))
+    return parts, gather_clean(cfg, parts)
+
+
+def _by_id(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values("id").reset_index(drop=True)
+
+
+def test_the_shards_gathered_are_the_catalogue_cleaned_whole(tmp_path):
+    cfg = make_cfg(tmp_path, data={"local_dir": str(make_cfg(tmp_path).data.local_dir),
+                                   "shard_rows": 12})
+    parts, gathered = _fan_out(cfg, tmp_path / "raw")
+    assert len(parts) >= 4
+    whole = clean(cfg, validate(cfg, Snapshot.load(tmp_path / "raw")))
+    pd.testing.assert_frame_equal(_by_id(gathered.products), _by_id(whole.products))
+    # the same photos with the same pixels, each row pointing at its own pixels
+    g, w = gathered.images.set_index("id"), whole.images.set_index("id")
+    assert sorted(g.index) == sorted(w.index)
+    for photo in g.index:
+        assert np.array_equal(gathered.pixels[g.loc[photo, "row"]], whole.pixels[w.loc[photo, "row"]])
+        assert g.loc[photo, "split"] == w.loc[photo, "split"]
+    assert sorted(gathered.thumbnails["product_id"]) == sorted(whole.thumbnails["product_id"])
+    for key in ("n_products", "n_images", "splits", "labels", "n_geocoded"):
+        assert gathered.summary[key] == whole.summary[key], key
+    assert gathered.summary["shards"]["n"] == len(parts)
+
+
+def test_a_shard_that_fails_validation_is_quarantined_while_the_others_land(tmp_path, data_copy):
+    """Every listing of one shard loses its price: that shard is over validate.max_bad_fraction
+    and is quarantined whole, each row with the reason; the catalogue as a whole is not, so
+    the other shards are gathered and nothing is lost."""
+    cfg = make_cfg(tmp_path, data_copy, data={"local_dir": str(data_copy), "shard_rows": 12})
+    ingest(cfg).save(tmp_path / "raw")
+    victim = SnapshotShards.load(tmp_path / "raw").manifest["shards"][1]
+    victim_ids = set(SnapshotShards.load(tmp_path / "raw").shard(victim).products["id"])
+    _rewrite_csv(data_copy / "products.csv",
+                 lambda rows: [r.update(price="") if r["id"] in victim_ids else None for r in rows]
+                 and None)
+    parts, gathered = _fan_out(cfg, tmp_path / "raw2")
+    whole_quarantined = gathered.summary["shards"]["quarantined_whole"]
+    assert list(whole_quarantined) == [victim["name"]]
+    assert "failed validation" in whole_quarantined[victim["name"]]
+    q = pd.DataFrame(gathered.quarantine)
+    assert victim_ids <= set(q.loc[q["table"] == "products", "row_id"])
+    assert not victim_ids & set(gathered.products["id"])
+    n_in = sum(e["n_products"] for e in SnapshotShards.load(tmp_path / "raw2").manifest["shards"])
+    assert len(gathered.products) + len(victim_ids) == n_in          # every listing accounted
+    # but a catalogue that is mostly bad still stops the run
+    strict = make_cfg(tmp_path, data_copy, data={"local_dir": str(data_copy), "shard_rows": 12},
+                      validate={"max_bad_fraction": 0.05})
+    with pytest.raises(ValidationError, match="failed validation"):
+        gather_clean(strict, parts)
+
+
+def test_an_unchanged_shard_is_not_processed_again(tmp_path, data_copy):
+    cfg = make_cfg(tmp_path, data_copy, data={"local_dir": str(data_copy), "shard_rows": 12})
+    parts, _ = _fan_out(cfg, tmp_path / "a" / "raw")
+    assert not any(p.summary.get("from_cache") for p in parts)
+    _rewrite_csv(data_copy / "products.csv",
+                 lambda rows: rows[0].update(product_name=rows[0]["product_name"] + " (mint)"))
+    again, gathered = _fan_out(cfg, tmp_path / "b" / "raw")
+    fresh = [p for p in again if not p.summary.get("from_cache")]
+    assert len(fresh) == 1 and len(again) >= 4          # only the shard with the edit
+    assert gathered.summary["shards"]["from_cache"] == len(again) - 1
+    assert gathered.products["title"].str.endswith("(mint)").sum() == 1
