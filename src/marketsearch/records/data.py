@@ -209,6 +209,8 @@ class CleanData(Record):
                 f"listings, {s.get('n_images_quarantined')} photos")
 
     def report(self, directory):
+        if self.summary.get("shard"):           # one shard of many: gather_clean plots them all
+            return None
         from marketsearch import plots
 
         fig_dir = Path(directory) / "plots"
