@@ -12,7 +12,8 @@ all three), the way photo features come from theirs.
 
 gather_clean deals the splits over the whole catalogue (``cleaning.split_by_id``: a small
 label is dealt by rank across all its listings, not within a shard), so the split is the
-one a single clean stage would give.
+one a single clean stage would give, and puts the listings in id order: the gathered data,
+and so the models trained on it, do not depend on how the catalogue was sharded.
 """
 from __future__ import annotations
 
@@ -122,16 +123,13 @@ def gather_clean(cfg: Config, clean_shards: list[CleanData]) -> CleanData:
     if len(sizes) > 1:
         raise ValueError(f"clean shards have photos of different sizes {sorted(sizes)}: "
                          "they were cleaned with different clean.image_size")
-    offsets = np.cumsum([0] + [len(p.pixels) for p in parts])
-    images = pd.concat([p.images.assign(row=p.images["row"].astype(int) + int(o))
-                        for p, o in zip(parts, offsets)], ignore_index=True)
-    products = pd.concat([p.products for p in parts], ignore_index=True)
+    products, images, pixels = _in_id_order(parts)
     products["split"] = split_by_id(products["id"], products["category"],
                                     cfg.clean.split.model_dump(), cfg.seed).to_numpy()
     images["split"] = images["product_id"].map(dict(zip(products["id"], products["split"])))
-    data = CleanData(products, images, np.concatenate([p.pixels for p in parts]),
-                     [r for p in clean_shards for r in p.quarantine],
-                     pd.concat([p.thumbnails for p in parts], ignore_index=True),
+    thumbnails = pd.concat([p.thumbnails for p in parts], ignore_index=True)
+    data = CleanData(products, images, pixels, [r for p in clean_shards for r in p.quarantine],
+                     thumbnails.sort_values("product_id", ignore_index=True),
                      source=parts[0].source)
     validated = {}
     for part in clean_shards:
@@ -147,6 +145,27 @@ def gather_clean(cfg: Config, clean_shards: list[CleanData]) -> CleanData:
     _check_bad_fraction(cfg, validated)
     log.info("gather_clean: %s", data.headline())
     return data
+
+
+def _in_id_order(parts: list[CleanData]) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """The shards' listings in id order, their photos in their listings' order (each listing's
+    in the order it had), and the pixels filled in that order: the same CleanData whatever
+    the shard layout, so ``data.shard_rows`` never changes what is trained."""
+    products = pd.concat([p.products for p in parts], ignore_index=True)
+    products = products.sort_values("id", kind="stable", ignore_index=True)
+    rank = pd.Series(np.arange(len(products)), index=products["id"])
+    offsets = np.cumsum([0] + [len(p.pixels) for p in parts])
+    images = pd.concat([p.images.assign(row=p.images["row"].astype(int) + int(o))
+                        for p, o in zip(parts, offsets)], ignore_index=True)
+    images = images.assign(_rank=images["product_id"].map(rank).to_numpy())
+    images = images.sort_values(["_rank", "row"], kind="stable", ignore_index=True)
+    pixels = np.empty((len(images), *parts[0].pixels.shape[1:]), dtype=np.uint8)
+    source_rows = images["row"].to_numpy()
+    for part, start, stop in zip(parts, offsets[:-1], offsets[1:]):
+        mine = (source_rows >= start) & (source_rows < stop)
+        pixels[np.flatnonzero(mine)] = part.pixels[source_rows[mine] - start]
+    images = images.drop(columns=["_rank"]).assign(row=np.arange(len(images)))
+    return products, images, pixels
 
 
 def _check_bad_fraction(cfg: Config, counts: dict) -> None:
