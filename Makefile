@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 PORT ?= 8080
 
-.PHONY: setup setup-browser run serve bench-serve bench-drift test test-all compile mlflow-ui clean-runs
+.PHONY: setup setup-browser run serve bench-serve bench-index-pq bench-drift test test-all compile mlflow-ui clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ serve:
 bench-serve:
 	$(BIN)/python -m bench.bench_serve --config $(CONFIG)
 	$(BIN)/python -m bench.bench_index
+
+# IVF-PQ at 10M items (streamed, one build thread; about half an hour on one core), merged
+# into bench/reports/index.{md,json} without re-running the sections above.
+bench-index-pq:
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.bench_index --sizes 10000000 --types ivfpq --threads 1
 
 # False-alarm and detection rates of the drift checks on the shared listings (needs `make run`
 # first: its clean data and bundle); writes bench/reports/drift.{md,json}.

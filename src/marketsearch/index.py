@@ -1,17 +1,10 @@
-"""FAISS search over listing embeddings: build, search, geo re-ranking, save/load, recall@k.
+"""FAISS search over listing embeddings: search, geo re-ranking, save/load, recall@k.
 
 Vectors are L2-normalised float32, and every index uses inner-product similarity, so a
-score is the cosine similarity of query and listing (1 = same direction). Three index
-types, chosen by ``IndexConfig.type``:
-
-- ``flat``: ``IndexFlatIP``, exact search (the reference for recall@k).
-- ``hnsw``: ``IndexHNSWFlat`` with ``METRIC_INNER_PRODUCT``, ``M = hnsw_m``,
-  ``efSearch = hnsw_ef_search``; no training.
-- ``ivf``: ``IndexIVFFlat`` over an ``IndexFlatIP`` coarse quantizer, trained (k-means) on
-  the vectors themselves; ``nlist = min(ivf_nlist or 4·√N, N // 39)`` (FAISS wants about 39
-  training points per centroid), ``nprobe = min(ivf_nprobe, nlist)``.
-- ``auto`` (the default): ``flat`` up to ``auto_flat_max`` vectors, ``ivf`` above, as the
-  benchmark in bench/reports/index.md chose.
+score is the cosine similarity of query and listing (1 = same direction). The index types
+(``flat``, ``hnsw``, ``ivf``, ``ivfpq`` and the size rule of ``auto``) and how an index is
+trained on a sample and filled shard by shard live in ``marketsearch.index_build``;
+``normalize``, ``build_index`` and ``IndexBuilder`` are re-exported here.
 
 A ``SearchIndex`` is the FAISS index plus the product id of every row and the listings'
 metadata (id, title, price, category, lat, lon, photo id: whatever columns are given), and
@@ -35,6 +28,11 @@ import pandas as pd
 
 from marketsearch.config import IndexConfig
 from marketsearch.geo import haversine_km
+from marketsearch.index_build import (IndexBuilder, apply_search_params, build_index, normalize,
+                                      reconstruct, training_sample)
+
+__all__ = ["IndexBuilder", "SearchIndex", "build_index", "normalize", "recall_at_k",
+           "training_sample"]
 
 log = logging.getLogger(__name__)
 
@@ -43,75 +41,6 @@ INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.json"
 METADATA_FILE = "metadata.parquet"
 MANIFEST_FILE = "manifest.json"
-# FAISS warns below this many training points per IVF centroid.
-MIN_POINTS_PER_CENTROID = 39
-
-
-# --------------------------------------------------------------------------- vectors
-def normalize(vectors) -> np.ndarray:
-    """Rows scaled to unit L2 norm, as a C-contiguous float32 copy; all-zero rows stay zero.
-
-    Accepts a [N, d] array or a single [d] vector (returned as [1, d])."""
-    arr = np.array(vectors, dtype=np.float32, copy=True, order="C")
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2:
-        raise ValueError(f"vectors must be [N, d] or [d], got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        bad = np.where(~np.all(np.isfinite(arr), axis=1))[0]
-        raise ValueError(f"vectors has non-finite values in {len(bad)} rows "
-                         f"(first: row {int(bad[0])})")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    np.divide(arr, norms, out=arr, where=norms > 0)
-    return arr
-
-
-def _ivf_nlist(n: int, wanted: int) -> int:
-    wanted = int(wanted) if wanted else int(round(4 * np.sqrt(n)))
-    return max(1, min(wanted, n // MIN_POINTS_PER_CENTROID))
-
-
-def build_index(vectors, cfg: IndexConfig | None = None) -> faiss.Index:
-    """A FAISS inner-product index over the (normalised) vectors, of type ``cfg.type``.
-
-    Vectors are normalised here (a no-op for unit vectors), so scores are cosines."""
-    cfg = cfg or IndexConfig()
-    x = normalize(vectors)
-    n, d = x.shape
-    kind = cfg.type_for(n)
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = max(40, 2 * cfg.hnsw_m)
-        index.hnsw.efSearch = cfg.hnsw_ef_search
-    elif kind == "ivf":
-        if n == 0:
-            raise ValueError("an ivf index must be trained: no vectors given")
-        nlist = _ivf_nlist(n, cfg.ivf_nlist)
-        quantizer = faiss.IndexFlatIP(d)
-        # faiss' Python wrapper keeps a reference to the quantizer for the index's lifetime.
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = 1234
-        index.train(x)
-        index.nprobe = min(cfg.ivf_nprobe, nlist)
-        log.info("ivf index: nlist=%d (asked %d) nprobe=%d over %d vectors",
-                 nlist, cfg.ivf_nlist, index.nprobe, n)
-    else:
-        raise ValueError(f"index type {cfg.type!r} is not one of flat, hnsw, ivf")
-    if n:
-        index.add(x)
-    log.info("built %s index: %d vectors of dimension %d", kind, index.ntotal, d)
-    return index
-
-
-def _apply_search_params(index: faiss.Index, cfg: IndexConfig) -> None:
-    """Query-time knobs (not all of them survive write_index/read_index in every version)."""
-    if isinstance(index, faiss.IndexHNSW):
-        index.hnsw.efSearch = cfg.hnsw_ef_search
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.nprobe = min(cfg.ivf_nprobe, ivf.nlist)
 
 
 # --------------------------------------------------------------------------- recall
@@ -304,11 +233,12 @@ class SearchIndex:
         return row
 
     def vector_of(self, product_id) -> np.ndarray:
-        """The stored (normalised) embedding of a product, for "more like this" queries."""
+        """The stored (normalised) embedding of a product, for "more like this" queries
+        (for ivfpq: decoded from its PQ code, an approximation)."""
         row = self._row_of.get(_plain(product_id))
         if row is None:
             raise KeyError(f"product id {product_id!r} is not in the index")
-        return self.index.reconstruct(row)
+        return reconstruct(self.index, row)
 
     def recall_at_k(self, vectors, queries, k: int | None = None) -> float:
         return recall_at_k(self.index, vectors, queries, k or self.cfg.recall_k)
@@ -350,7 +280,7 @@ class SearchIndex:
                              f"is not {FORMAT_VERSION}")
         cfg = IndexConfig.model_validate(manifest["config"])
         index = faiss.read_index(str(directory / INDEX_FILE))
-        _apply_search_params(index, cfg)
+        apply_search_params(index, cfg)
         ids = json.loads((directory / IDS_FILE).read_text())
         meta_path = directory / METADATA_FILE
         metadata = pd.read_parquet(meta_path) if meta_path.exists() else None

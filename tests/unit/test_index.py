@@ -114,7 +114,7 @@ def test_metadata_is_aligned_by_id():
 
 
 # --------------------------------------------------------------------------- persistence
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
 def test_save_load_round_trip(tmp_path, data, kind):
     x, q = data
     x = x[:2000]
@@ -122,7 +122,7 @@ def test_save_load_round_trip(tmp_path, data, kind):
     meta = pd.DataFrame({"id": ids, "title": [f"item {i}" for i in range(len(x))],
                          "price": np.linspace(1, 500, len(x)),
                          "lat": np.linspace(50, 58, len(x)), "lon": np.linspace(-5, 1, len(x))})
-    cfg = IndexConfig(type=kind, hnsw_ef_search=48, ivf_nprobe=4)
+    cfg = IndexConfig(type=kind, hnsw_ef_search=48, ivf_nprobe=4, pq_m=16)
     idx = SearchIndex.build(x, ids, meta, cfg)
     before = idx.search(q[:20], 10)
     near_before = idx.search_near(q[0], 5, 51.5, -0.1, alpha=0.2, radius_km=100)
@@ -136,6 +136,13 @@ def test_save_load_round_trip(tmp_path, data, kind):
     pd.testing.assert_frame_equal(loaded.metadata, idx.metadata)
     assert loaded.search(q[:20], 10) == before
     assert loaded.search_near(q[0], 5, 51.5, -0.1, alpha=0.2, radius_km=100) == near_before
+    # "more like this" reads a stored vector back (IVF types build their row map for it);
+    # PQ keeps an approximation of it
+    stored = loaded.vector_of(ids[3])
+    if kind == "ivfpq":
+        assert float(stored @ normalize(x[3])[0]) > 0.9
+    else:
+        np.testing.assert_allclose(stored, normalize(x[3])[0], atol=1e-5)
 
 
 def test_load_missing_directory_is_clear(tmp_path):

@@ -126,18 +126,37 @@ class IndexConfig(_Section):
     # From bench/reports/index.md (2 cores, one query at a time): exact search costs ~0.1 ms at
     # 6k listings, ~3 ms p50 at 100k and ~30 ms at 1M; IVF with nlist ~ 4*sqrt(N) and nprobe 16
     # kept recall@10 >= 0.97 at p99 <= 0.32 ms at 1M. "auto" therefore serves exact (flat)
-    # search up to auto_flat_max listings and IVF above; flat, hnsw and ivf force one type.
-    type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    # search up to auto_flat_max listings, IVF up to auto_ivf_max (full vectors: 1 KiB each at
+    # d = 256) and IVF-PQ above (pq_m + 8 bytes each; see marketsearch.index_build); flat,
+    # hnsw, ivf and ivfpq force one type.
+    type: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = "auto"
     auto_flat_max: int = 50_000
+    auto_ivf_max: int = 2_000_000
     hnsw_m: int = 32
+    # efSearch of an hnsw index, and of the HNSW graph over the centroids of a large ivfpq.
     hnsw_ef_search: int = 128
     # 0: 4 * sqrt(N) lists (4,000 at 1M items); FAISS also wants >= 39 training points a list.
     ivf_nlist: int = 0
+    # Lists scanned per query, by ivf and ivfpq.
     ivf_nprobe: int = 16
+    # ivf / ivfpq are trained on at most this many vectors, drawn with train_seed (which also
+    # seeds ivfpq's random rotation); all of them below. k-means costs sample x nlist, and
+    # nlist is capped at sample // 39.
+    train_sample: int = Field(500_000, ge=1)
+    train_seed: int = 0
+    # ivfpq: bytes of PQ code per vector (8 bits per sub-quantizer; the IVF lists add an 8-byte
+    # id), the rotation applied first ("random": orthonormal, cheap, pads d up to a multiple of
+    # pq_m; "opq": learnt, measured at 1M x 256-d as ~100 s more training for +0.005 recall@10;
+    # "none": pq_m must divide d), and an HNSW coarse quantizer from ivf_hnsw_min_nlist lists up.
+    pq_m: int = Field(48, ge=1)
+    pq_rotation: Literal["random", "opq", "none"] = "random"
+    ivf_hnsw_min_nlist: int = 16_384
     recall_k: int = 10
 
     def type_for(self, n: int) -> str:
         """The index type used for ``n`` vectors."""
         if self.type != "auto":
             return self.type
-        return "flat" if n <= self.auto_flat_max else "ivf"
+        if n <= self.auto_flat_max:
+            return "flat"
+        return "ivf" if n <= self.auto_ivf_max else "ivfpq"
