@@ -29,7 +29,7 @@ import pandas as pd
 
 from marketsearch import quarantine
 from marketsearch.config import Config
-from marketsearch.records import CleanData, Snapshot, SnapshotShards, ValidatedData
+from marketsearch.records import CleanData, Snapshot, SnapshotShards
 from marketsearch.steps import step
 
 log = logging.getLogger(__name__)
@@ -47,21 +47,30 @@ def _cache_dir(cfg: Config) -> Path | None:
     return cfg.path(cfg.data.shard_cache) if cfg.data.shard_cache else None
 
 
+def _without_listings(name: str, records: list[dict], validated: dict,
+                      why: str | None = None) -> CleanData:
+    """A shard's CleanData with no listing left: its refused rows, its validation counts, and
+    ``why`` when the shard was quarantined whole."""
+    data = CleanData(pd.DataFrame(columns=["id", "category", "split", "lat"]),
+                     pd.DataFrame(columns=["id", "product_id", "row", "category", "split"]),
+                     np.zeros((0, 1, 1, 3), np.uint8), records)
+    data.summary = {"shard": name, "validated": validated}
+    if why:
+        data.summary["quarantined_whole"] = why
+    return data
+
+
 def _quarantined_whole(part: Snapshot, why: str) -> CleanData:
     """A shard that cannot go on: every row kept in quarantine with the reason."""
     name = part.manifest["shard"]["name"]
     records = [quarantine.record(table, row, "validate", "shard", f"shard {name}: {why}")
                for table, frame in (("products", part.products), ("images", part.images))
                for row in frame.to_dict("records")]
-    empty = CleanData(pd.DataFrame(columns=["id", "category", "split", "lat"]),
-                      pd.DataFrame(columns=["id", "product_id", "row", "category", "split"]),
-                      np.zeros((0, 1, 1, 3), np.uint8), records)
-    empty.summary = {"shard": name, "quarantined_whole": why,
-                     "validated": {"n_products": len(part.products), "n_images": len(part.images),
-                                   "n_products_valid": 0, "n_images_valid": 0,
-                                   "n_products_quarantined": len(part.products),
-                                   "n_images_quarantined": len(part.images)}}
-    return empty
+    counts = {"n_products": len(part.products), "n_images": len(part.images),
+              "n_products_valid": 0, "n_images_valid": 0,
+              "n_products_quarantined": len(part.products),
+              "n_images_quarantined": len(part.images)}
+    return _without_listings(name, records, counts, why)
 
 
 @step(reads=("validate", "clean", "data", "seed"), inputs={"raw_snapshot": SnapshotShards},
@@ -86,23 +95,28 @@ def prepare_shard(cfg: Config, raw_snapshot: SnapshotShards, shard: dict) -> Cle
     except ValidationError as exc:
         log.error("prepare_shard: shard %s quarantined whole: %s", shard["name"], exc)
         return _quarantined_whole(part, str(exc))
-    data = clean(cfg, validated) if len(validated.products) else _empty_clean(validated)
-    data.quarantine = validated.quarantine.to_dict("records") + list(data.quarantine)
-    data.summary = dict(data.summary, shard=shard["name"])
+    refused = validated.quarantine.to_dict("records")
+    if len(validated.products):
+        data = clean(cfg, validated)
+        data.quarantine = refused + list(data.quarantine)
+        data.summary = dict(data.summary, shard=shard["name"])
+    else:                                    # every row refused, within max_bad_fraction
+        data = _without_listings(shard["name"], refused, {
+            k: v for k, v in validated.report_data.items() if k.startswith("n_")})
     if cache is not None:
-        staged = cache / f".{key}-{uuid.uuid4().hex[:8]}"
-        data.save(staged)
-        staged.rename(cache / key) if not (cache / key).exists() else shutil.rmtree(staged)
+        _store(data, cache, key)
     return data
 
 
-def _empty_clean(validated: ValidatedData) -> CleanData:
-    data = CleanData(pd.DataFrame(columns=["id", "category", "split", "lat"]),
-                     pd.DataFrame(columns=["id", "product_id", "row", "category", "split"]),
-                     np.zeros((0, 1, 1, 3), np.uint8), [])
-    data.summary = {"validated": {k: v for k, v in validated.report_data.items()
-                                  if k.startswith("n_")}}
-    return data
+def _store(data: CleanData, cache: Path, key: str) -> None:
+    """Save into the shard cache whole or not at all (written beside, then renamed); a
+    concurrent writer of the same key wins and this copy is dropped."""
+    staged = cache / f".{key}-{uuid.uuid4().hex[:8]}"
+    data.save(staged)
+    if (cache / key).exists():
+        shutil.rmtree(staged)
+    else:
+        staged.rename(cache / key)
 
 
 @step(reads=("validate", "clean", "seed"), inputs={"clean_shards": [CleanData]},

@@ -68,6 +68,15 @@ def test_a_shard_that_fails_validation_is_quarantined_while_the_others_land(tmp_
     assert not victim_ids & set(gathered.products["id"])
     n_in = sum(e["n_products"] for e in SnapshotShards.load(tmp_path / "raw2").manifest["shards"])
     assert len(gathered.products) + len(victim_ids) == n_in          # every listing accounted
+    # allowed to be all bad (max_bad_fraction 1), the shard's rows are refused one by one
+    # instead, with their own reasons, and it hands on no listing
+    lenient = make_cfg(tmp_path, data_copy, data={"local_dir": str(data_copy), "shard_rows": 12,
+                                                  "shard_cache": None},
+                       validate={"max_bad_fraction": 1.0})
+    (refused,) = [prepare_shard(lenient, SnapshotShards.load(tmp_path / "raw2"), victim)]
+    assert len(refused.products) == 0 and "quarantined_whole" not in refused.summary
+    assert {r["row_id"] for r in refused.quarantine if r["table"] == "products"} == victim_ids
+    assert all("shard " not in r["reason"] for r in refused.quarantine)
     # but a catalogue that is mostly bad still stops the run
     strict = make_cfg(tmp_path, data_copy, data={"local_dir": str(data_copy), "shard_rows": 12},
                       validate={"max_bad_fraction": 0.05})

@@ -6,7 +6,6 @@ import shutil
 import threading
 import time
 
-import pytest
 
 from marketsearch import checksums
 from marketsearch.publish import swap
