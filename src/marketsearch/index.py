@@ -14,11 +14,18 @@ saves to / loads from a directory::
     ids.json         product ids in FAISS row order (ints stay ints, strings stay strings)
     metadata.parquet one row per FAISS row, same order
     manifest.json    index type, dimension, size, the IndexConfig used, format version
+    rerank_vectors.bin  ivfpq with ``pq_rerank: exact`` only: the normalised vectors (raw
+                     N x d rows of ``pq_rerank_dtype``), memory-mapped by ``load``; searches
+                     re-rank the first ``pq_rerank_k`` PQ results by exact cosine from it
+                     (``marketsearch.index_build.search_reranked``)
 """
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,8 +35,9 @@ import pandas as pd
 
 from marketsearch.config import IndexConfig
 from marketsearch.geo import haversine_km
-from marketsearch.index_build import (IndexBuilder, apply_search_params, build_index, normalize,
-                                      reconstruct, training_sample)
+from marketsearch.index_build import (VECTOR_DTYPES, IndexBuilder, apply_search_params,
+                                      build_index, fill, normalize, open_vectors, reconstruct,
+                                      reranks, search_reranked, training_sample)
 
 __all__ = ["IndexBuilder", "SearchIndex", "build_index", "normalize", "recall_at_k",
            "training_sample"]
@@ -41,13 +49,12 @@ INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.json"
 METADATA_FILE = "metadata.parquet"
 MANIFEST_FILE = "manifest.json"
+VECTORS_FILE = "rerank_vectors.bin"
+# SearchIndex.save copies / writes the re-rank vectors this many rows at a time.
+SAVE_CHUNK = 65_536
 
 
 # --------------------------------------------------------------------------- recall
-def _raw_index(index) -> faiss.Index:
-    return index.index if isinstance(index, SearchIndex) else index
-
-
 def recall_at_k(index, vectors, queries, k: int) -> float:
     """Recall@k of ``index`` (a faiss.Index or SearchIndex built over ``vectors``) against
     exact inner-product search (IndexFlatIP) over the same vectors.
@@ -62,7 +69,9 @@ def recall_at_k(index, vectors, queries, k: int) -> float:
     exact = faiss.IndexFlatIP(x.shape[1])
     exact.add(x)
     _, truth = exact.search(q, k)
-    _, found = _raw_index(index).search(q, k)
+    # A SearchIndex answers as it serves (re-ranked when it has re-rank vectors).
+    _, found = (index._search_rows(q, k) if isinstance(index, SearchIndex)
+                else index.search(q, k))
     hits = [len(set(t.tolist()) & set(f[f >= 0].tolist())) for t, f in zip(truth, found)]
     return float(np.mean(hits) / k)
 
@@ -81,13 +90,21 @@ class SearchIndex:
     listing fields; with an ``id`` column it is aligned to ``ids`` by id (ids it lacks get
     empty rows), without one it must already be in ``ids`` order. Columns ``lat`` and
     ``lon`` (degrees) enable :meth:`search_near`.
+
+    ``vectors`` (optional, [N, d] normalised, row i = FAISS row i; a memory map in practice):
+    when given, searches re-rank the first ``cfg.pq_rerank_k`` index results by exact cosine
+    against them (``build`` and ``load`` pass them for ivfpq with ``pq_rerank: exact``).
     """
 
     def __init__(self, index: faiss.Index, ids: Sequence, metadata: pd.DataFrame | None = None,
-                 cfg: IndexConfig | None = None):
+                 cfg: IndexConfig | None = None, vectors: np.ndarray | None = None):
         ids = [_plain(i) for i in ids]
         if len(ids) != index.ntotal:
             raise ValueError(f"{len(ids)} ids for an index of {index.ntotal} vectors")
+        if vectors is not None and tuple(vectors.shape) != (index.ntotal, index.d):
+            raise ValueError(f"re-rank vectors of shape {tuple(vectors.shape)} for an index of "
+                             f"{index.ntotal} vectors of dimension {index.d}")
+        self.vectors = vectors
         if len(set(ids)) != len(ids):
             dupes = pd.Series(ids)[pd.Series(ids).duplicated()].unique()[:5].tolist()
             raise ValueError(f"product ids must be unique; duplicated: {dupes}")
@@ -107,7 +124,14 @@ class SearchIndex:
         if x.ndim != 2 or len(x) != len(ids):
             raise ValueError(f"vectors of shape {x.shape} do not match {len(ids)} ids")
         cfg = cfg or IndexConfig()
-        return cls(build_index(x, cfg), ids, metadata, cfg)
+        if not reranks(cfg, cfg.type_for(len(x))):
+            return cls(build_index(x, cfg), ids, metadata, cfg)
+        # The re-rank vectors go to a temporary file (memory-mapped) until ``save`` copies it.
+        tmp = Path(tempfile.mkdtemp(prefix="marketsearch-rerank-"))
+        builder = fill(x, cfg, tmp / VECTORS_FILE)
+        built = cls(builder.index, ids, metadata, cfg, builder.vectors())
+        weakref.finalize(built, shutil.rmtree, tmp, ignore_errors=True)
+        return built
 
     @staticmethod
     def _align_metadata(metadata: pd.DataFrame | None, ids: list) -> pd.DataFrame:
@@ -151,6 +175,19 @@ class SearchIndex:
                              f"the index has {self.index.d}")
         return q
 
+    @property
+    def reranks(self) -> bool:
+        """Whether searches re-rank index results by exact cosine (it has re-rank vectors)."""
+        return self.vectors is not None
+
+    def _search_rows(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the top ``k`` for normalised queries: the index's, re-ranked
+        from the vectors file when there is one."""
+        if self.vectors is None:
+            return self.index.search(q, k)
+        return search_reranked(self.index, self.vectors, q, k, self.cfg.pq_rerank_k,
+                               prefetch=self.cfg.pq_rerank_prefetch)
+
     def search(self, query_vectors, k: int) -> list[list[tuple[object, float]]]:
         """Top-k listings per query: for each query row a list of (product_id, similarity),
         most similar first. A [d] vector counts as one query. Fewer than k come back when
@@ -158,7 +195,7 @@ class SearchIndex:
         q = self._query(query_vectors)
         if len(self) == 0 or k <= 0:
             return [[] for _ in range(len(q))]
-        scores, rows = self.index.search(q, min(int(k), len(self)))
+        scores, rows = self._search_rows(q, min(int(k), len(self)))
         return [[(self.ids[r], float(s)) for s, r in zip(srow, rrow) if r >= 0]
                 for srow, rrow in zip(scores, rows)]
 
@@ -192,7 +229,7 @@ class SearchIndex:
         if len(self) == 0 or k <= 0:
             return []
         pool = min(len(self), max(int(k), int(pool_factor) * int(k)))
-        scores, rows = self.index.search(q, pool)
+        scores, rows = self._search_rows(q, pool)
         keep = rows[0] >= 0
         rows, sims = rows[0][keep], scores[0][keep].astype(np.float64)
 
@@ -234,10 +271,13 @@ class SearchIndex:
 
     def vector_of(self, product_id) -> np.ndarray:
         """The stored (normalised) embedding of a product, for "more like this" queries
-        (for ivfpq: decoded from its PQ code, an approximation)."""
+        (for ivfpq: read from the re-rank vectors when there are some, else decoded from its
+        PQ code, an approximation)."""
         row = self._row_of.get(_plain(product_id))
         if row is None:
             raise KeyError(f"product id {product_id!r} is not in the index")
+        if self.vectors is not None:
+            return np.array(self.vectors[row], dtype=np.float32)
         return reconstruct(self.index, row)
 
     def recall_at_k(self, vectors, queries, k: int | None = None) -> float:
@@ -245,9 +285,13 @@ class SearchIndex:
 
     # --- persistence --------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write index.faiss, ids.json, metadata.parquet and manifest.json to ``directory``."""
+        """Write index.faiss, ids.json, metadata.parquet, manifest.json (and, when it
+        re-ranks, rerank_vectors.bin, copied a chunk at a time) to ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        vectors_entry = None
+        if self.vectors is not None:
+            vectors_entry = self._save_vectors(directory / VECTORS_FILE)
         faiss.write_index(self.index, str(directory / INDEX_FILE))
         (directory / IDS_FILE).write_text(json.dumps(self.ids))
         self.metadata.to_parquet(directory / METADATA_FILE, index=False)
@@ -261,11 +305,30 @@ class SearchIndex:
             "normalized": True,
             "config": self.cfg.model_dump(),
             "metadata_columns": list(self.metadata.columns),
+            "rerank_vectors": vectors_entry,
         }
         (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         log.info("saved %s index of %d listings to %s", self.cfg.type_for(len(self)), len(self),
                  directory)
         return directory
+
+    def _save_vectors(self, path: Path) -> dict:
+        """The re-rank vectors to ``path`` in the dtype they have (a memory map of that very
+        file is left as it is); their manifest entry."""
+        v = self.vectors
+        dtype = next((name for name, t in VECTOR_DTYPES.items() if np.dtype(t) == v.dtype),
+                     None)
+        if dtype is None:
+            raise ValueError(f"re-rank vectors of dtype {v.dtype} are not one of "
+                             f"{sorted(VECTOR_DTYPES)}")
+        source = getattr(v, "filename", None)
+        if source is None or not path.exists() or not path.samefile(source):
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            with open(tmp, "wb") as out:
+                for start in range(0, len(v), SAVE_CHUNK):
+                    out.write(np.ascontiguousarray(v[start:start + SAVE_CHUNK]).tobytes())
+            tmp.replace(path)
+        return {"file": path.name, "dtype": dtype, "shape": [int(len(v)), int(v.shape[1])]}
 
     @classmethod
     def load(cls, directory: str | Path) -> "SearchIndex":
@@ -281,7 +344,17 @@ class SearchIndex:
         cfg = IndexConfig.model_validate(manifest["config"])
         index = faiss.read_index(str(directory / INDEX_FILE))
         apply_search_params(index, cfg)
+        vectors = None
+        entry = manifest.get("rerank_vectors")
+        if entry:
+            n, d = entry["shape"]
+            if (n, d) != (index.ntotal, index.d):
+                raise ValueError(f"{directory / entry['file']}: the manifest gives it shape "
+                                 f"{[n, d]}, the index holds {index.ntotal} x {index.d}")
+            vectors = open_vectors(directory / entry["file"], n, d, entry["dtype"])
+        elif reranks(cfg, manifest.get("type", "")):
+            log.warning("%s: saved without re-rank vectors; searching in PQ order", directory)
         ids = json.loads((directory / IDS_FILE).read_text())
         meta_path = directory / METADATA_FILE
         metadata = pd.read_parquet(meta_path) if meta_path.exists() else None
-        return cls(index, ids, metadata, cfg)
+        return cls(index, ids, metadata, cfg, vectors)

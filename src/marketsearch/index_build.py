@@ -34,13 +34,24 @@ indexed: ``IndexBuilder(cfg, d, n_expected)`` is trained once on a sample (``tra
 ``train_sample`` rows, which the caller draws, e.g. with :func:`training_sample`), then
 filled shard by shard (``add``), never holding more than a shard of float vectors.
 :func:`build_index` does the same for vectors already in memory.
+
+Re-ranking (``ivfpq`` with ``pq_rerank: exact``): given a ``vectors_path``, the builder also
+appends every normalised row to that file as it adds it (raw rows of ``pq_rerank_dtype``, no
+header: N x d x itemsize bytes), so the float vectors are never all in RAM. Serving opens
+the file with :func:`open_vectors` (a read-only memory map) and :func:`search_reranked` takes
+the first ``pq_rerank_k`` PQ results of a query and orders them by their exact cosine, read
+from the file. The PQ code keeps the index small; the file, on disk and in the OS page
+cache, restores the precision the code loses.
 """
 from __future__ import annotations
 
 import logging
 import math
+import mmap
+import os
 import threading
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -59,6 +70,10 @@ ADD_CHUNK = 65_536
 QUANTIZER_HNSW_M = 32
 KMEANS_SEED = 1234
 OPQ_NITER, OPQ_MAX_TRAIN_POINTS = 20, 16_384
+# The re-rank vectors file's dtypes (IndexConfig.pq_rerank_dtype).
+VECTOR_DTYPES = {"float32": np.float32, "float16": np.float16}
+# A stored row must be a unit vector (or zero) to this tolerance (float16 rounds ~1e-3).
+NORM_TOLERANCE = 1e-2
 
 
 # --------------------------------------------------------------------------- vectors
@@ -97,6 +112,11 @@ def ivf_nlist(n_expected: int, wanted: int, n_train: int) -> int:
     return max(1, min(wanted, n_train // MIN_POINTS_PER_CENTROID))
 
 
+def reranks(cfg: IndexConfig, kind: str) -> bool:
+    """Whether an index of this ``kind`` built with ``cfg`` re-ranks from a vectors file."""
+    return kind == "ivfpq" and cfg.pq_rerank == "exact"
+
+
 # --------------------------------------------------------------------------- builder
 class IndexBuilder:
     """An index of type ``cfg.type_for(n_expected)`` over d-dimensional vectors, trained once
@@ -110,14 +130,27 @@ class IndexBuilder:
 
     ``n_expected`` (the catalogue size) picks the type under ``auto`` and the default nlist;
     it need not be exact. Vectors are normalised as they come in. ``train_s`` and ``add_s``
-    accumulate the seconds spent in FAISS training and adding (for benchmarks and logs)."""
+    accumulate the seconds spent in FAISS training and adding (for benchmarks and logs).
 
-    def __init__(self, cfg: IndexConfig | None, d: int, n_expected: int):
+    ``vectors_path``: when the index re-ranks (:func:`reranks`: ivfpq with ``pq_rerank:
+    exact``), each added chunk is also appended there (created or truncated now; the rows in
+    ``pq_rerank_dtype``); :meth:`vectors` then memory-maps it. Ignored by other indexes, and
+    without it an ivfpq index is built without its re-rank vectors (``vectors_path`` stays
+    None). ``store_s``: seconds spent writing that file."""
+
+    def __init__(self, cfg: IndexConfig | None, d: int, n_expected: int,
+                 vectors_path: str | Path | None = None):
         self.cfg = cfg or IndexConfig()
         self.d, self.n_expected = int(d), int(n_expected)
         self.kind = self.cfg.type_for(self.n_expected)
         self.index: faiss.Index | None = None
-        self.train_s = self.add_s = 0.0
+        self.train_s = self.add_s = self.store_s = 0.0
+        self.vectors_path: Path | None = None
+        self._store = None
+        if vectors_path is not None and reranks(self.cfg, self.kind):
+            self.vectors_path = Path(vectors_path)
+            self.vectors_path.parent.mkdir(parents=True, exist_ok=True)
+            self._store = open(self.vectors_path, "wb")
         if self.kind == "flat":
             self.index = faiss.IndexFlatIP(self.d)
         elif self.kind == "hnsw":
@@ -200,7 +233,25 @@ class IndexBuilder:
             t0 = time.perf_counter()
             self.index.add(x)
             self.add_s += time.perf_counter() - t0
+            if self.vectors_path is not None:
+                if self._store is None:
+                    raise RuntimeError(f"{self.vectors_path} is closed: vectors() was called, "
+                                       "add no more rows")
+                t0 = time.perf_counter()
+                self._store.write(x.astype(VECTOR_DTYPES[self.cfg.pq_rerank_dtype]).tobytes())
+                self.store_s += time.perf_counter() - t0
         return self
+
+    def vectors(self) -> np.ndarray | None:
+        """The re-rank vectors written so far, memory-mapped read-only (closes the file for
+        writing: add no rows after this); None when this builder writes none."""
+        if self.vectors_path is None:
+            return None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        return open_vectors(self.vectors_path, self.index.ntotal if self.index else 0, self.d,
+                            self.cfg.pq_rerank_dtype)
 
     def _checked(self, vectors) -> np.ndarray:
         x = normalize(vectors)
@@ -213,7 +264,16 @@ def build_index(vectors, cfg: IndexConfig | None = None) -> faiss.Index:
     """A FAISS inner-product index over the (normalised) vectors, of type ``cfg.type``,
     trained on :func:`training_sample` of them and filled ``ADD_CHUNK`` rows at a time.
 
-    Vectors are normalised here (a no-op for unit vectors), so scores are cosines."""
+    Vectors are normalised here (a no-op for unit vectors), so scores are cosines. The index
+    alone: an ivfpq index re-ranks only with its vectors file (:func:`fill`,
+    ``SearchIndex.build``)."""
+    return fill(vectors, cfg).index
+
+
+def fill(vectors, cfg: IndexConfig | None = None,
+         vectors_path: str | Path | None = None) -> IndexBuilder:
+    """:func:`build_index`'s builder, trained and filled (for its index, timings and, with
+    ``vectors_path``, its re-rank vectors)."""
     cfg = cfg or IndexConfig()
     x = np.asarray(vectors)
     if x.ndim == 1:
@@ -221,13 +281,13 @@ def build_index(vectors, cfg: IndexConfig | None = None) -> faiss.Index:
     if x.ndim != 2:
         raise ValueError(f"vectors must be [N, d] or [d], got shape {x.shape}")
     n, d = x.shape
-    builder = IndexBuilder(cfg, d, n)
+    builder = IndexBuilder(cfg, d, n, vectors_path)
     if builder.needs_training:
         builder.train(training_sample(x, cfg))
     for start in range(0, n, ADD_CHUNK):
         builder.add(x[start:start + ADD_CHUNK])
     log.info("built %s index: %d vectors of dimension %d", builder.kind, builder.index.ntotal, d)
-    return builder.index
+    return builder
 
 
 # --------------------------------------------------------------------------- query time
@@ -259,3 +319,99 @@ def reconstruct(index: faiss.Index, row: int) -> np.ndarray:
             if ivf.direct_map.type == faiss.DirectMap.NoMap:
                 ivf.make_direct_map(True)
     return index.reconstruct(int(row))
+
+
+# --------------------------------------------------------------------------- re-ranking
+def open_vectors(path: str | Path, n: int, d: int, dtype: str) -> np.ndarray:
+    """The re-rank vectors file ``path`` (``n`` x ``d`` raw rows of ``dtype``) as a read-only
+    memory map. FileNotFoundError when it is missing and ValueError when its size is not
+    ``n·d·itemsize`` or a row checked is not a unit vector (truncated, another index's, or
+    another dtype's), each naming the file."""
+    path = Path(path)
+    if dtype not in VECTOR_DTYPES:
+        raise ValueError(f"{path}: re-rank vectors dtype {dtype!r} is not one of "
+                         f"{sorted(VECTOR_DTYPES)}")
+    np_dtype = np.dtype(VECTOR_DTYPES[dtype])
+    if not path.is_file():
+        raise FileNotFoundError(f"the re-rank vectors file {path} is missing (it is written "
+                                "with the index; rebuild it, or set index.pq_rerank: none)")
+    size, expected = path.stat().st_size, int(n) * int(d) * np_dtype.itemsize
+    if size != expected:
+        raise ValueError(f"the re-rank vectors file {path} has {size:,} bytes, not the "
+                         f"{expected:,} of {n:,} x {d} {dtype} vectors: truncated, or not this "
+                         "index's")
+    if n == 0:
+        return np.zeros((0, d), dtype=np_dtype)
+    vectors = np.memmap(path, dtype=np_dtype, mode="r", shape=(int(n), int(d)))
+    # Spot-check a few rows (first, last, a spread between): stored vectors are normalised.
+    rows = np.unique(np.linspace(0, n - 1, min(n, 17)).astype(np.int64))
+    norms = np.linalg.norm(np.asarray(vectors[rows], dtype=np.float32), axis=1)
+    bad = ~((np.abs(norms - 1) < NORM_TOLERANCE) | (norms == 0)) | ~np.isfinite(norms)
+    if bad.any():
+        raise ValueError(f"the re-rank vectors file {path} is corrupt: row {int(rows[bad][0])} "
+                         f"has norm {float(norms[bad][0]):.4g}, not 1")
+    try:   # candidates are scattered rows: read-ahead around them would be wasted I/O
+        vectors._mmap.madvise(mmap.MADV_RANDOM)
+    except (AttributeError, OSError, ValueError):   # pragma: no cover - platform-dependent
+        pass
+    return vectors
+
+
+_PAGE = mmap.PAGESIZE
+
+
+def _prefetch(vectors: np.ndarray, rows: np.ndarray) -> None:
+    """Ask the kernel to read the pages of these rows now, all at once (MADV_WILLNEED starts
+    asynchronous reads and returns), so that touching them waits for one round of I/O rather
+    than one per row. Cheap when the pages are cached already."""
+    mm = getattr(vectors, "_mmap", None)
+    if mm is None:
+        return
+    row_bytes = vectors.shape[1] * vectors.dtype.itemsize
+    first = rows * row_bytes // _PAGE
+    last = ((rows + 1) * row_bytes - 1) // _PAGE
+    pages = np.unique(np.concatenate([first, last]))
+    for page in pages.tolist():
+        try:
+            mm.madvise(mmap.MADV_WILLNEED, page * _PAGE, _PAGE)
+        except (OSError, ValueError):   # pragma: no cover - e.g. past the end on some systems
+            return
+
+
+def search_reranked(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int,
+                    rerank_k: int, prefetch: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` for ``max(k, rerank_k)`` candidates, then the top ``k`` of them by
+    exact inner product with their rows of ``vectors`` (normalised, row i = FAISS id i):
+    (scores [nq, k] float32, rows [nq, k] int64), -inf / -1 where fewer were found, like
+    FAISS. ``queries`` must be normalised float32."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    n = index.ntotal
+    k = min(int(k), n)
+    scores = np.full((len(q), max(k, 0)), -np.inf, dtype=np.float32)
+    rows = np.full((len(q), max(k, 0)), -1, dtype=np.int64)
+    if k <= 0:
+        return scores, rows
+    _, candidates = index.search(q, min(max(k, int(rerank_k)), n))
+    for i, cand in enumerate(candidates):
+        cand = np.unique(cand[cand >= 0])          # sorted: reads in file order
+        if not len(cand):
+            continue
+        if prefetch:
+            _prefetch(vectors, cand)
+        sims = np.asarray(vectors[cand], dtype=np.float32) @ q[i]
+        m = min(k, len(cand))
+        top = np.argpartition(-sims, m - 1)[:m] if m < len(cand) else np.arange(len(cand))
+        top = top[np.argsort(-sims[top], kind="stable")]
+        scores[i, :m], rows[i, :m] = sims[top], cand[top]
+    return scores, rows
+
+
+def drop_from_page_cache(path: str | Path) -> None:
+    """Ask the kernel to drop ``path``'s clean cached pages (POSIX_FADV_DONTNEED; pages still
+    mapped by a process stay). For measuring a cold re-rank."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
