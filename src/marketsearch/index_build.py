@@ -369,13 +369,15 @@ def _prefetch(vectors: np.ndarray, rows: np.ndarray) -> None:
         return
     row_bytes = vectors.shape[1] * vectors.dtype.itemsize
     first = rows * row_bytes // _PAGE
-    last = ((rows + 1) * row_bytes - 1) // _PAGE
-    pages = np.unique(np.concatenate([first, last]))
-    for page in pages.tolist():
-        try:
-            mm.madvise(mmap.MADV_WILLNEED, page * _PAGE, _PAGE)
-        except (OSError, ValueError):   # pragma: no cover - e.g. past the end on some systems
-            return
+    if _PAGE % row_bytes:                         # rows may straddle two pages
+        first = np.concatenate([first, ((rows + 1) * row_bytes - 1) // _PAGE])
+    pages = np.unique(first)
+    advise, willneed = mm.madvise, mmap.MADV_WILLNEED
+    try:
+        for page in pages.tolist():
+            advise(willneed, page * _PAGE, _PAGE)
+    except (OSError, ValueError):   # pragma: no cover - e.g. past the end on some systems
+        pass
 
 
 def search_reranked(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int,
