@@ -13,7 +13,7 @@ from pathlib import Path
 from marketsearch import quarantine
 from marketsearch.cleaning import clean_frames
 from marketsearch.config import Config
-from marketsearch.records import CleanData, ValidatedData
+from marketsearch.records import CleanData, CleanPlan, CleanShard, ValidatedData
 from marketsearch.schema import SPLITS
 from marketsearch.steps import step
 
@@ -39,32 +39,44 @@ def summarize(data: CleanData, validated: dict) -> dict:
     """clean's summary of ``data``: counts (what came in is what validation passed, whose
     counts are ``validated``), splits, labels and the reasons rows were refused; the
     quarantine counts are clean's own (validate's rows have stage "validate")."""
-    q = quarantine.frame(data.quarantine)
+    return summary_of(data.products, len(data.images), int(data.pixels.shape[1]),
+                      data.quarantine, validated)
+
+
+def summary_of(products, n_images: int, image_size: int, refused: list[dict],
+               validated: dict) -> dict:
+    """``summarize`` from the listings (id, category, split, lat), the photo count and size
+    and the refused rows: what gather_clean has of the whole catalogue."""
+    q = quarantine.frame(refused)
     q = q[q["stage"] == "clean"]
     return {
-        "n_products_in": int(validated.get("n_products_valid", len(data.products))),
-        "n_images_in": int(validated.get("n_images_valid", len(data.images))),
-        "n_products": len(data.products), "n_images": len(data.images),
+        "n_products_in": int(validated.get("n_products_valid", len(products))),
+        "n_images_in": int(validated.get("n_images_valid", n_images)),
+        "n_products": len(products), "n_images": int(n_images),
         "n_products_quarantined": int((q["table"] == "products").sum()),
         "n_images_quarantined": int((q["table"] == "images").sum()),
-        "n_geocoded": int(data.products["lat"].notna().sum()),
-        "splits": {s: int((data.products["split"] == s).sum()) for s in SPLITS},
-        "labels": data.labels, "image_size": int(data.pixels.shape[1]),
+        "n_geocoded": int(products["lat"].notna().sum()),
+        "splits": {s: int((products["split"] == s).sum()) for s in SPLITS},
+        "labels": sorted(products["category"].unique()), "image_size": int(image_size),
         "quarantine_reasons": quarantine.summary(q),
         "validated": validated,
     }
 
 
-@step(reads=("clean", "data"), inputs={"clean_data": CleanData}, cached=False)
-def load_db(cfg: Config, clean_data: CleanData) -> dict:
-    """Upsert the clean listings and photos into the database, a transaction per shard of
-    ``data.shard_rows`` listings (marketsearch.db); returns the row counts."""
+@step(reads=("clean", "data"), inputs={"clean_data": [CleanShard], "plan": CleanPlan},
+      cached=False)
+def load_db(cfg: Config, clean_data, plan: CleanPlan | None = None) -> dict:
+    """Upsert the clean listings and photos into the database shard by shard, a transaction
+    per at most ``data.shard_rows`` listings (marketsearch.db); returns the row counts.
+    ``clean_data``: the clean shards (with gather_clean's ``plan``) or one CleanData."""
     from marketsearch import db
+    from marketsearch.catalogue import CleanCatalogue
 
-    data = CleanData.coerce(clean_data)
+    catalogue = CleanCatalogue.of(clean_data, plan)
     if cfg.database_url.startswith("sqlite:///"):
         Path(cfg.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    upsert = db.upsert_clean(cfg.database_url, data.products, data.images.drop(columns=["row"]),
-                             shard_rows=cfg.data.shard_rows)
+    upsert = db.upsert_parts(cfg.database_url, (
+        (part.summary.get("shard"), part.products, part.images.drop(columns=["row"]))
+        for part in catalogue.parts()), cfg.data.shard_rows)
     log.info("load_db: %s", upsert)
     return upsert

@@ -20,27 +20,33 @@ from marketsearch import checksums
 from marketsearch.bundle import Bundle
 from marketsearch.config import Config
 from marketsearch.hub_handles import allow as allow_hub_handles
-from marketsearch.records import CleanData, Decision, Evaluation
+from marketsearch.records import CleanData, CleanPlan, CleanShard, Decision, Evaluation
 from marketsearch.steps import step
 
 log = logging.getLogger(__name__)
 
 
-@step(reads=("evaluate", "image_model", "text_model", "serving"), inputs={"clean_data": CleanData, "bundle": Bundle},
+@step(reads=("evaluate", "image_model", "text_model", "serving"),
+      inputs={"clean_data": [CleanShard], "plan": CleanPlan, "bundle": Bundle},
       output=("evaluation", Evaluation), uris={"bundle_uri": "bundle"},
       views={"metrics": "Metrics", "confusion": "ClassificationMetrics", "report": "HTML"},
       returns=lambda evaluation: bool(evaluation.decision.promote), cached=False)
-def evaluate(cfg: Config, clean_data: CleanData, bundle: Bundle, bundle_uri: str | None = None,
-             champion_dir: str | Path | None = None, register: bool = True) -> Evaluation:
+def evaluate(cfg: Config, clean_data, bundle: Bundle, bundle_uri: str | None = None,
+             champion_dir: str | Path | None = None, register: bool = True,
+             plan: CleanPlan | None = None) -> Evaluation:
     """Score the challenger ``bundle`` (and the champion) on the test split and decide.
 
-    ``register``: look the champion up in the registry (unless ``champion_dir`` names one) and
-    register the challenger as a model version, recorded in the Decision with the champion it
-    was compared with; False only scores and decides (no registry)."""
+    ``clean_data``: the clean shards (with gather_clean's ``plan``) or one CleanData; only
+    the test split is read into memory. ``register``: look the champion up in the registry
+    (unless ``champion_dir`` names one) and register the challenger as a model version,
+    recorded in the Decision with the champion it was compared with; False only scores and
+    decides (no registry)."""
     from marketsearch import registry, tracking
+    from marketsearch.catalogue import CleanCatalogue
 
     allow_hub_handles([cfg.text_model.hub_handle, *cfg.serving.hub_handles])
-    data = CleanData.coerce(clean_data)
+    catalogue = CleanCatalogue.of(clean_data, plan)
+    data = catalogue.gathered(split="test")
     challenger = Bundle.coerce(bundle)
     challenger.verify()                     # before any of its files is loaded
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,7 +57,7 @@ def evaluate(cfg: Config, clean_data: CleanData, bundle: Bundle, bundle_uri: str
     if register:
         decision.champion_version = str(current.version) if current else "none"
         decision.pipeline_run = tracking.pipeline_run() or ""
-        decision.data_hash = data.source.get("content_hash", "")
+        decision.data_hash = catalogue.source.get("content_hash", "")
         decision.version = registry.register_bundle(
             cfg, challenger.root, bundle_uri or str(challenger.root.resolve()), {
                 "pipeline_run": decision.pipeline_run, "data.content_hash": decision.data_hash,
@@ -60,7 +66,8 @@ def evaluate(cfg: Config, clean_data: CleanData, bundle: Bundle, bundle_uri: str
                 "decision.reason": decision.reason,
                 "bundle.checksums_sha256": checksums.digest(challenger.root)})
     # what it was given, so the run's summary needs no other stage's output (they may be cached)
-    result["inputs"] = {"source": data.source, "clean": data.summary, "index": challenger.metrics()}
+    result["inputs"] = {"source": catalogue.source, "clean": catalogue.summary,
+                        "index": challenger.metrics()}
     evaluation = Evaluation(result, decision, challenger.labels, champion)
     log.info("evaluate: %s", evaluation.headline())
     return evaluation

@@ -1,6 +1,7 @@
 """The training DAG's data fan-out: each shard of the raw snapshot validated and cleaned in a
-task of its own (``prepare_shard``, under ``dsl.ParallelFor``), then the clean shards gathered
-(``gather_clean``, from ``dsl.Collected``) into the CleanData the trainers read.
+task of its own (``prepare_shard``, under ``dsl.ParallelFor``), then the clean shards' plan made
+(``gather_clean``, from ``dsl.Collected``): the stages after read the shards themselves, one at
+a time, with that plan (marketsearch.catalogue).
 
 prepare_shard runs the same functions as the validate and clean stages, on one shard. A shard
 with a critical problem (a required column missing, more bad rows than
@@ -12,8 +13,8 @@ all three), the way photo features come from theirs.
 
 gather_clean deals the splits over the whole catalogue (``cleaning.split_by_id``: a small
 label is dealt by rank across all its listings, not within a shard), so the split is the
-one a single clean stage would give, and puts the listings in id order: the gathered data,
-and so the models trained on it, do not depend on how the catalogue was sharded.
+one a single clean stage would give whatever the shard layout. It reads the shards'
+listing columns (id, category, price, location) and summaries, never a photo or a text.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ import pandas as pd
 
 from marketsearch import quarantine
 from marketsearch.config import Config
-from marketsearch.records import CleanData, Snapshot, SnapshotShards
+from marketsearch.records import CleanData, CleanPlan, CleanShard, Snapshot, SnapshotShards
+from marketsearch.records.data import PLAN_COLUMNS
 from marketsearch.steps import step
 
 log = logging.getLogger(__name__)
@@ -119,67 +121,68 @@ def _store(data: CleanData, cache: Path, key: str) -> None:
         staged.rename(cache / key)
 
 
-@step(reads=("validate", "clean", "seed"), inputs={"clean_shards": [CleanData]},
-      output=("clean_data", CleanData), views={"plots": "HTML"})
-def gather_clean(cfg: Config, clean_shards: list[CleanData]) -> CleanData:
-    """The clean shards as one CleanData: rows concatenated (photo rows renumbered), splits
-    dealt over the whole catalogue, the summary recounted. Raises ValidationError when more
-    of the catalogue than ``validate.max_bad_fraction`` failed validation."""
+@step(reads=("validate", "clean", "seed"), inputs={"clean_shards": [CleanShard]},
+      output=("plan", CleanPlan), views={"plots": "HTML"})
+def gather_clean(cfg: Config, clean_shards: list) -> CleanPlan:
+    """The plan of the clean shards (records.CleanPlan): every listing's split, dealt over
+    the whole catalogue, and the catalogue's counts, read from the shards' listing columns
+    and summaries; no photo or text is read. Raises ValidationError when more of the
+    catalogue than ``validate.max_bad_fraction`` failed validation."""
+    from marketsearch.catalogue import _shard
     from marketsearch.cleaning import split_by_id
-    from marketsearch.components.clean import summarize
+    from marketsearch.components.clean import summary_of
     from marketsearch.components.validate import ValidationError
 
-    parts = [p for p in clean_shards if len(p.products)]
+    shards = [_shard(p) for p in clean_shards]
+    summaries = [s.summary for s in shards]
+    parts = [s for s in shards if _n_listings(s)]
     if not parts:
-        reasons = {p.summary.get("shard"): p.summary.get("quarantined_whole") for p in clean_shards}
+        reasons = {s.get("shard"): s.get("quarantined_whole") for s in summaries}
         raise ValidationError(f"no shard has a clean listing: {reasons}", None)
-    sizes = {p.pixels.shape[1:] for p in parts}
+    sizes = {s.summary.get("image_size") for s in parts}
     if len(sizes) > 1:
         raise ValueError(f"clean shards have photos of different sizes {sorted(sizes)}: "
                          "they were cleaned with different clean.image_size")
-    products, images, pixels = _in_id_order(parts)
-    products["split"] = split_by_id(products["id"], products["category"],
-                                    cfg.clean.split.model_dump(), cfg.seed).to_numpy()
-    images["split"] = images["product_id"].map(dict(zip(products["id"], products["split"])))
-    thumbnails = pd.concat([p.thumbnails for p in parts], ignore_index=True)
-    data = CleanData(products, images, pixels, [r for p in clean_shards for r in p.quarantine],
-                     thumbnails.sort_values("product_id", ignore_index=True),
-                     source=parts[0].source)
-    validated = {}
-    for part in clean_shards:
-        for k, v in part.summary.get("validated", {}).items():
+    columns = [c for c in PLAN_COLUMNS if c != "split"]
+    listings = pd.concat([_listing_columns(s, columns) for s in parts], ignore_index=True)
+    listings = listings.sort_values("id", kind="stable", ignore_index=True)
+    listings.insert(1, "split", split_by_id(listings["id"], listings["category"],
+                                            cfg.clean.split.model_dump(), cfg.seed).to_numpy())
+    refused = [r for s in shards for r in _refused(s)]
+    validated: dict = {}
+    for summary in summaries:
+        for k, v in summary.get("validated", {}).items():
             validated[k] = validated.get(k, 0) + v
-    data.summary = summarize(data, validated)
-    data.summary["shards"] = {"n": len(clean_shards),
-                              "from_cache": sum(bool(p.summary.get("from_cache"))
-                                                for p in clean_shards),
-                              "quarantined_whole": {p.summary["shard"]: p.summary["quarantined_whole"]
-                                                    for p in clean_shards
-                                                    if p.summary.get("quarantined_whole")}}
+    summary = summary_of(listings, sum(int(s.summary.get("n_images", 0)) for s in parts),
+                         sizes.pop(), refused, validated)
+    summary["shards"] = {"n": len(shards),
+                         "from_cache": sum(bool(s.get("from_cache")) for s in summaries),
+                         "quarantined_whole": {s["shard"]: s["quarantined_whole"]
+                                               for s in summaries if s.get("quarantined_whole")}}
+    plan = CleanPlan(listings, refused, summary, _source(parts[0]))
     _check_bad_fraction(cfg, validated)
-    log.info("gather_clean: %s", data.headline())
-    return data
+    log.info("gather_clean: %s", plan.headline())
+    return plan
 
 
-def _in_id_order(parts: list[CleanData]) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
-    """The shards' listings in id order, their photos in their listings' order (each listing's
-    in the order it had), and the pixels filled in that order: the same CleanData whatever
-    the shard layout, so ``data.shard_rows`` never changes what is trained."""
-    products = pd.concat([p.products for p in parts], ignore_index=True)
-    products = products.sort_values("id", kind="stable", ignore_index=True)
-    rank = pd.Series(np.arange(len(products)), index=products["id"])
-    offsets = np.cumsum([0] + [len(p.pixels) for p in parts])
-    images = pd.concat([p.images.assign(row=p.images["row"].astype(int) + int(o))
-                        for p, o in zip(parts, offsets)], ignore_index=True)
-    images = images.assign(_rank=images["product_id"].map(rank).to_numpy())
-    images = images.sort_values(["_rank", "row"], kind="stable", ignore_index=True)
-    pixels = np.empty((len(images), *parts[0].pixels.shape[1:]), dtype=np.uint8)
-    source_rows = images["row"].to_numpy()
-    for part, start, stop in zip(parts, offsets[:-1], offsets[1:]):
-        mine = (source_rows >= start) & (source_rows < stop)
-        pixels[np.flatnonzero(mine)] = part.pixels[source_rows[mine] - start]
-    images = images.drop(columns=["_rank"]).assign(row=np.arange(len(images)))
-    return products, images, pixels
+def _n_listings(shard) -> int:
+    return shard.n_products if isinstance(shard, CleanShard) else len(shard.products)
+
+
+def _listing_columns(shard, columns: list[str]) -> pd.DataFrame:
+    return (shard.products(columns) if isinstance(shard, CleanShard)
+            else shard.products[columns])
+
+
+def _refused(shard) -> list[dict]:
+    return shard.quarantine() if isinstance(shard, CleanShard) else list(shard.quarantine)
+
+
+def _source(shard) -> dict:
+    if isinstance(shard, CleanData):
+        return shard.source
+    path = shard.directory / "source.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _check_bad_fraction(cfg: Config, counts: dict) -> None:

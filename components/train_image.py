@@ -1,40 +1,57 @@
 """train_image: the photo model (ImageNet EfficientNet-Lite0: head on cached features, then
-optionally its top blocks fine-tuned on the GPU nodes)."""
+optionally its top blocks fine-tuned on the GPU nodes), trained on the clean shards streamed
+(marketsearch.streaming): one shard's photos are read at a time."""
 
 import logging
 
 from marketsearch.config import Config
-from marketsearch.records import CleanData, TrainedModel
+from marketsearch.records import CleanPlan, CleanShard, TrainedModel
 from marketsearch.steps import step
 
 log = logging.getLogger(__name__)
 
 
-@step(reads=("image_model", "seed"), inputs={"clean_data": CleanData},
-      output=("model", TrainedModel), views={"curves": "HTML"}, out_dir=True)
-def train_image(cfg: Config, clean_data: CleanData, out_dir) -> TrainedModel:
-    """Train on the train split's photos, early-stop on val; ``image.keras`` in ``out_dir``."""
-    from pathlib import Path
-
+def photo_examples(catalogue, labels: list[str], split: str, spill_dir=None):
+    """The ``split``'s photos and their labels as streaming Examples, a part per shard (the
+    pixels of a memory-mapped shard are read here, once)."""
     import numpy as np
 
+    from marketsearch.streaming import Examples
+
+    index = {c: i for i, c in enumerate(labels)}
+    out = Examples(spill_dir)
+    for part in catalogue.parts(split):
+        rows = part.images["row"].to_numpy().astype(int)
+        out.add(np.asarray(part.pixels[rows]), part.images["category"].map(index).to_numpy(np.int32))
+    return out
+
+
+@step(reads=("image_model", "data", "seed"), inputs={"clean_data": [CleanShard], "plan": CleanPlan},
+      output=("model", TrainedModel), views={"curves": "HTML"}, out_dir=True)
+def train_image(cfg: Config, clean_data, out_dir, plan: CleanPlan | None = None) -> TrainedModel:
+    """Train on the train split's photos, early-stop on val; ``image.keras`` in ``out_dir``.
+    ``clean_data``: the clean shards (with gather_clean's ``plan``) or one CleanData."""
+    import tempfile
+    from pathlib import Path
+
+    from marketsearch.catalogue import CleanCatalogue
     from marketsearch.feature_cache import FeatureCache
     from marketsearch.models.image import train_image_model
     from marketsearch.tracking import training_summary
 
-    data = CleanData.coerce(clean_data)
-    labels = data.labels
-    index = {c: i for i, c in enumerate(labels)}
-    y = data.images["category"].map(index).to_numpy(np.int32)
-    rows = data.images["row"].to_numpy()
-    train = (data.images["split"] == "train").to_numpy()
-    val = (data.images["split"] == "val").to_numpy()
+    catalogue = CleanCatalogue.of(clean_data, plan)
+    labels = catalogue.labels
     cache = FeatureCache.from_config(cfg)
-    model, history = train_image_model(data.pixels[rows[train]], y[train], data.pixels[rows[val]], y[val],
-                                       len(labels), cfg.image_model, cfg.seed, cache=cache)
+    with tempfile.TemporaryDirectory(prefix="train-image-") as spill:
+        train = photo_examples(catalogue, labels, "train", Path(spill) / "train")
+        val = photo_examples(catalogue, labels, "val", Path(spill) / "val")
+        model, history = train_image_model(train, None, val, None, len(labels), cfg.image_model,
+                                           cfg.seed, cache=cache,
+                                           shuffle_buffer=cfg.data.shuffle_buffer,
+                                           spill_dir=Path(spill) / "features")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     model.save(Path(out_dir) / "image.keras")
-    result = {**training_summary(history, n_train=train.sum(), n_val=val.sum()),
+    result = {**training_summary(history, n_train=len(train), n_val=len(val)),
               **history.get("features", {})}
     log.info("train_image: %s", result)
     return TrainedModel.write(out_dir, "image", labels, history, result)

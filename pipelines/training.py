@@ -2,10 +2,12 @@
 
     open_run (+ the source's fingerprint) -> ingest (in shards)
         -> ParallelFor shard: prepare_shard (validate + clean one shard)
-        -> gather_clean (dsl.Collected) -> load_db
-                                        \\-> (train_image || train_text)
-                                            -> train_fusion -> build_index
-                                            -> evaluate -> [if promoted] deploy
+        -> gather_clean (dsl.Collected: the plan) -> load_db
+                                                  \\-> (train_image || train_text)
+                                                      -> train_fusion -> build_index
+                                                      -> evaluate -> [if promoted] deploy
+    (every stage after gather_clean takes the clean shards themselves, dsl.Collected, with
+    the plan, and reads them one shard at a time: marketsearch.catalogue)
     close_run (exit handler: whatever happened)
 
 The same DAG runs locally through ``kfp.local`` (``marketsearch run``) and on a cluster from its
@@ -16,6 +18,7 @@ artifacts do. The source's fingerprint (never cached) lets ingest and all after 
 """
 
 import inspect
+from collections.abc import Callable
 from types import SimpleNamespace
 
 from kfp import dsl
@@ -28,14 +31,16 @@ DESCRIPTION = ("Listings (photos + text) -> validated, clean data -> image, text
                "TensorFlow models -> FAISS index -> evaluated, promoted champion.")
 
 
-def training_subgraph(c: SimpleNamespace, p: dict, data) -> SimpleNamespace:
-    """load_db ... deploy on clean data; shared by the training and monitoring DAGs."""
-    c.load_db(p, clean_data=data)
-    img = c.train_image(p, clean_data=data)
-    txt = c.train_text(p, clean_data=data)
-    fus = c.train_fusion(p, clean_data=data, image=img.outputs["model"], text=txt.outputs["model"])
-    idx = c.build_index(p, clean_data=data, fused_model=fus.outputs["model"])
-    ev = c.evaluate(p, clean_data=data, bundle=idx.outputs["bundle"])
+def training_subgraph(c: SimpleNamespace, p: dict, clean: Callable[[], dict]) -> SimpleNamespace:
+    """load_db ... deploy on the clean shards; shared by the training and monitoring DAGs.
+    ``clean()``: a stage's clean inputs, ``clean_data`` (the shards, a dsl.Collected of its
+    own: KFP's compiler rewrites one it has seen) and ``plan`` (gather_clean's)."""
+    c.load_db(p, **clean())
+    img = c.train_image(p, **clean())
+    txt = c.train_text(p, **clean())
+    fus = c.train_fusion(p, **clean(), image=img.outputs["model"], text=txt.outputs["model"])
+    idx = c.build_index(p, **clean(), fused_model=fus.outputs["model"])
+    ev = c.evaluate(p, **clean(), bundle=idx.outputs["bundle"])
     with dsl.If(ev.outputs["Output"] == True, name="promoted"):  # noqa: E712  (KFP condition)
         c.deploy(p, bundle=idx.outputs["bundle"], decision=ev.outputs["evaluation"])
     return SimpleNamespace(train_image=img, train_text=txt, train_fusion=fus, build_index=idx,
@@ -49,14 +54,15 @@ def ingest_snapshot(c: SimpleNamespace, p: dict):
     return c.ingest(p, version=opened.output)
 
 
-def prepared_shards(c: SimpleNamespace, p: dict, parallelism: int):
-    """Each shard of the snapshot validated and cleaned in a task of its own, gathered into
-    one CleanData; returns it."""
-    ing = ingest_snapshot(c, p)
+def prepared_shards(c: SimpleNamespace, p: dict, ing, parallelism: int) -> Callable[[], dict]:
+    """Each shard of ``ing``'s snapshot validated and cleaned in a task of its own, and their
+    plan gathered; returns what the training subgraph takes: a function giving a stage's
+    clean inputs, the clean shards (their artifacts, dsl.Collected) and the plan."""
     with dsl.ParallelFor(ing.outputs["Output"], parallelism=parallelism, name="shards") as shard:
         prep = c.prepare_shard(p, raw_snapshot=ing.outputs["raw_snapshot"], shard=shard)
     gathered = c.gather_clean(p, clean_shards=dsl.Collected(prep.outputs["clean_shard"]))
-    return gathered.outputs["clean_data"]
+    return lambda: {"clean_data": dsl.Collected(prep.outputs["clean_shard"]),
+                    "plan": gathered.outputs["plan"]}
 
 
 def build_pipeline(cfg: Config, name: str, description: str, body):
@@ -84,4 +90,4 @@ def build_pipeline(cfg: Config, name: str, description: str, body):
 def build_training_pipeline(cfg: Config):
     """The training pipeline, with the config as its parameters' defaults."""
     return build_pipeline(cfg, PIPELINE_NAME, DESCRIPTION, lambda c, p, cfg: training_subgraph(
-        c, p, prepared_shards(c, p, cfg.kfp.shard_parallelism)))
+        c, p, prepared_shards(c, p, ingest_snapshot(c, p), cfg.kfp.shard_parallelism)))

@@ -263,8 +263,19 @@ def upsert_clean(url: str, products: pd.DataFrame, images: pd.DataFrame,
     transactions of at most ``shard_rows`` listings (None: one). See ``upsert_shards``; with one
     shard, data that cannot be written raises ValueError naming the column or ids, and nothing
     is written."""
+    return upsert_parts(url, [(None, products, images)], shard_rows)
+
+
+def upsert_parts(url: str, parts: Iterable[tuple[str | None, pd.DataFrame, pd.DataFrame]],
+                 shard_rows: int | None = None) -> dict:
+    """``upsert_clean`` over (name, listings, photos) parts taken one at a time (a clean
+    catalogue's shards, read as they are written), each cut into transactions of at most
+    ``shard_rows`` listings named ``<part>/<shard>``."""
+    pieces = ((piece if name is None else f"{name}/{piece}", p, i)
+              for name, products, images in parts
+              for piece, p, i in shards_of(products, images, shard_rows))
     try:
-        counts = upsert_shards(url, shards_of(products, images, shard_rows))
+        counts = upsert_shards(url, pieces)
     except ShardsFailed as exc:
         if len(exc.failed) == 1 and exc.counts["shards"] == 1:
             raise ValueError(next(iter(exc.failed.values()))) from None

@@ -74,6 +74,7 @@ class FeatureCache:
     def __init__(self, root: str | Path | None):
         self.root = Path(root) if root else None
         self.stats = CacheStats()
+        self._indexes: dict[Path, dict[str, tuple[Path, int]]] = {}
 
     @classmethod
     def from_config(cls, cfg) -> "FeatureCache":
@@ -81,16 +82,32 @@ class FeatureCache:
         where = cfg.image_model.feature_cache
         return cls(cfg.path(where) if where else None)
 
-    def _load(self, directory: Path) -> dict[str, np.ndarray]:
-        table: dict[str, np.ndarray] = {}
-        for part in sorted(directory.glob("part-*.npz")):
+    def _index(self, directory: Path) -> dict[str, tuple[Path, int]]:
+        """Where each cached photo's features are: key -> (part file, row). Read once per
+        directory (the keys only, 32 bytes a photo); the features are read when asked for."""
+        if directory in self._indexes:
+            return self._indexes[directory]
+        index: dict[str, tuple[Path, int]] = {}
+        for part in sorted(directory.glob("part-*.npz")) if directory.exists() else []:
             try:
                 with np.load(part, allow_pickle=False) as data:
-                    for key, row in zip(data["keys"].tolist(), data["features"]):
-                        table[key] = row
+                    for row, key in enumerate(data["keys"].tolist()):
+                        index[key] = (part, row)
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("feature cache: skipping unreadable part %s (%s)", part, exc)
-        return table
+        self._indexes[directory] = index
+        return index
+
+    def _read(self, hits: dict[int, tuple[Path, int]], out: np.ndarray) -> None:
+        """Fill ``out[i]`` for each hit from its part, one part file open at a time."""
+        by_part: dict[Path, list[tuple[int, int]]] = {}
+        for i, (part, row) in hits.items():
+            by_part.setdefault(part, []).append((i, row))
+        for part, wanted in by_part.items():
+            with np.load(part, allow_pickle=False) as data:
+                features = data["features"]
+                for i, row in wanted:
+                    out[i] = features[row]
 
     def _store(self, directory: Path, keys: list[str], features: np.ndarray) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -100,6 +117,9 @@ class FeatureCache:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         tmp.rename(directory / f"{name}.npz")
+        index = self._indexes.get(directory)
+        if index is not None:
+            index.update({key: (directory / f"{name}.npz", row) for row, key in enumerate(keys)})
 
     def features(self, model, pixels: np.ndarray,
                  compute: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -118,11 +138,9 @@ class FeatureCache:
             return out
         keys = photo_keys(pixels)
         directory = self.root / model_key(model) if self.root else None
-        table = self._load(directory) if directory is not None and directory.exists() else {}
-        miss = [i for i, k in enumerate(keys) if k not in table]
-        for i, k in enumerate(keys):
-            if k in table:
-                out[i] = table[k]
+        index = self._index(directory) if directory is not None else {}
+        miss = [i for i, k in enumerate(keys) if k not in index]
+        self._read({i: index[k] for i, k in enumerate(keys) if k in index}, out)
         hits = n - len(miss)
         self.stats.hits += hits
         self.stats.misses += len(miss)

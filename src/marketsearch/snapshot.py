@@ -15,11 +15,12 @@ def write_tables(directory: str | Path, **tables: pd.DataFrame) -> None:
         table.reset_index(drop=True).to_parquet(directory / f"{name}.parquet", index=False)
 
 
-def read_table(directory: str | Path, name: str) -> pd.DataFrame:
+def read_table(directory: str | Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """The table ``name`` saved in ``directory`` (only ``columns``, when given)."""
     path = Path(directory) / f"{name}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {directory} the output of the stage before?")
-    return pd.read_parquet(path)
+    return pd.read_parquet(path, columns=columns)
 
 
 def write_json(directory: str | Path, name: str, data: dict) -> Path:

@@ -1,5 +1,6 @@
 """The data fan-out's stages without KFP: each shard validated and cleaned on its own
-(prepare_shard), gathered (gather_clean) into what validate + clean give on the whole."""
+(prepare_shard), their plan made (gather_clean); the shards read with the plan
+(marketsearch.catalogue) are what validate + clean give on the whole."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,21 +9,29 @@ from marketsearch.components.clean import clean
 from marketsearch.components.ingest import ingest
 from marketsearch.components.shard import gather_clean, prepare_shard
 from marketsearch.components.validate import ValidationError, validate
-from marketsearch.records import CleanData, Snapshot, SnapshotShards
+from marketsearch.catalogue import CleanCatalogue
+from marketsearch.records import CleanShard, Snapshot, SnapshotShards
 
 from .conftest import make_cfg
 from .test_data_stages import _rewrite_csv
 
 
 def _fan_out(cfg, raw_dir):
-    """ingest's saved snapshot -> prepare_shard per shard, each saved and read back -> gather."""
+    """ingest's saved snapshot -> prepare_shard per shard, each saved and read back lazily ->
+    gather_clean -> (the shards, the whole catalogue as one CleanData read through the plan,
+    with the plan's summary and quarantine)."""
     ingest(cfg).save(raw_dir)
     shards = SnapshotShards.load(raw_dir)
     parts = []
     for k, entry in enumerate(shards.manifest["shards"]):
         prepare_shard(cfg, shards, entry).save(raw_dir.parent / f"shard-{k}")
-        parts.append(CleanData.load(raw_dir.parent / f"shard-{k}"))
-    return parts, gather_clean(cfg, parts)
+        parts.append(CleanShard.load(raw_dir.parent / f"shard-{k}"))
+    plan = gather_clean(cfg, parts)
+    gathered = CleanCatalogue(parts, plan).gathered()
+    gathered.summary, gathered.quarantine = plan.summary, plan.quarantine
+    pd.testing.assert_frame_equal(plan.listings[["id", "split", "category"]],
+                                  gathered.products[["id", "split", "category"]])
+    return parts, gathered
 
 
 def _by_id(frame: pd.DataFrame) -> pd.DataFrame:

@@ -80,9 +80,10 @@ def test_the_monitoring_dag_checks_drift_on_cpu_then_trains_on_gpus(tmp_path):
     spec, platform = docs[0], docs[1]
     assert spec["pipelineInfo"]["name"] == "marketsearch-monitoring"
     tasks = tasks_by_stage(spec, platform)
-    # one validate, before the checks; the training branch starts from its output
+    # one validate, before the checks; the training branch fans out over the same snapshot
     assert "validate_2" not in tasks and tasks["validate"]["condition"] is None
-    assert tasks["clean"]["condition"] == "drifted"
+    assert "clean" not in tasks and "ingest_2" not in tasks
+    assert tasks["prepare_shard"]["condition"] == tasks["gather_clean"]["condition"] == "drifted"
     assert tasks["drift_check"]["condition"] is None
     assert tasks["train_image"]["condition"] == "drifted"
     assert tasks["deploy"]["condition"] == "promoted"

@@ -154,8 +154,8 @@ def test_a_shifted_batch_retrains_and_promotes_only_a_better_model(champion, dat
     # so the champion is not scored on listings it trained on
     import pandas as pd
 
-    # (the training DAG gathers its clean shards; the monitoring DAG cleans the snapshot whole)
-    runs = [p for p in (tmp / "runs").glob("**/clean_data/products.parquet")]
+    # (both DAGs' gather_clean write the plan: every clean listing with its split)
+    runs = [p for p in (tmp / "runs").glob("**/gather-clean/plan/listings.parquet")]
     first = [p for p in runs if not str(p).startswith(out["run_dir"])]
     retrain = [p for p in runs if str(p).startswith(out["run_dir"])]
     assert len(first) == 1 and len(retrain) == 1, runs

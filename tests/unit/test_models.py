@@ -274,7 +274,7 @@ def test_pretrained_backbone_frozen_then_fine_tuned(tmp_path):
 
     def recording_fit(model, x_train, *args, **kwargs):
         out = real_fit(model, x_train, *args, **kwargs)
-        calls.append((model.name, np.shape(x_train), kwargs["learning_rate"],
+        calls.append((model.name, np.shape(x_train.arrays()[0]), kwargs["learning_rate"],
                       {w.path for w in model.trainable_weights}))
         return out
 

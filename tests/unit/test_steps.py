@@ -23,10 +23,11 @@ def test_a_generated_wrapper_has_only_the_stages_config_inputs_and_outputs():
     source = wrapper_source(step)
     header = source.splitlines()[0]
     for expected in ("image_model: str", "seed: int", "mlflow: str", "run_dir: str",
-                     "clean_data: dsl.Input[dsl.Dataset]", "model: dsl.Output[dsl.Model]",
+                     "clean_data: dsl.Input[List[dsl.Dataset]]", "plan: dsl.Input[dsl.Dataset]",
+                     "model: dsl.Output[dsl.Model]",
                      "curves: dsl.Output[dsl.HTML]"):
         assert expected in header
-    assert "drift" not in header and "pipeline_run" not in header
+    assert "drift" not in header and "pipeline_run" not in header and "validate" not in header
     assert "run_step('marketsearch.components.train_image', 'train_image', args)" in source
     assert "-> bool" in wrapper_source(all_steps()["evaluate"]).splitlines()[0]
 

@@ -32,6 +32,9 @@ class DataConfig(_Section):
     # A shard's clean data by its content, config and code: an unchanged shard is not
     # validated and cleaned again. None: off.
     shard_cache: str | None = "{run_dir}/cache/shards"
+    # Trainers stream the shards through tf.data (marketsearch.streaming): examples are
+    # shuffled in a buffer of this many, which bounds their memory, not the catalogue's size.
+    shuffle_buffer: int = Field(16384, gt=0)
 
 
 class ValidateConfig(_Section):

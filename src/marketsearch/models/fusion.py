@@ -217,22 +217,45 @@ def train_fusion_head(img_emb: np.ndarray, txt_emb: np.ndarray, y: np.ndarray,
 
     history: "train" (step 1 curves), "blend" (step 2 curves), "blend_weights", "seconds".
     """
+    from marketsearch.streaming import Examples
+
+    return train_fusion_head_streamed(
+        Examples.of((img_emb, txt_emb), y), Examples.of((img_emb_val, txt_emb_val), y_val),
+        n_classes, cfg, seed, verbose, image_model, text_model)
+
+
+def train_fusion_head_streamed(train, val, n_classes: int, cfg: FusionConfig, seed: int,
+                               verbose: int = 2, image_model: keras.Model | None = None,
+                               text_model: keras.Model | None = None,
+                               shuffle_buffer: int | None = None
+                               ) -> tuple[keras.Model, dict[str, Any]]:
+    """``train_fusion_head`` on ``marketsearch.streaming.Examples`` of (image embeddings,
+    text embeddings) parts: step 1 streams the training parts through tf.data (a shuffle
+    buffer of ``shuffle_buffer``); the blend of step 2 fits on the validation pairs, held
+    in memory (a split, not the catalogue)."""
+    from marketsearch.streaming import Examples
+
     set_seed(seed)
     start = time.perf_counter()
-    x = _head_inputs(img_emb, txt_emb)
-    x_val = _head_inputs(img_emb_val, txt_emb_val)
+    x = train.map(_head_inputs, train.spill_dir / "head" if train.spill_dir else None)
+    if len(val):
+        val_xy = val.arrays()
+        x_val, y_val = _head_inputs(*val_xy[0]), val_xy[1]
+    else:
+        x_val, y_val = None, np.zeros(0, np.int32)
+    dims = [int(a.shape[1]) for a in x.part(0)[0][:2]]
     head = build_fusion_head(
-        x[0].shape[1], x[1].shape[1], n_classes, cfg, seed=seed,
+        dims[0], dims[1], n_classes, cfg, seed=seed,
         image_classifier=classifier_weights(image_model) if image_model is not None else None,
         text_classifier=classifier_weights(text_model) if text_model is not None else None)
     blend = _find_layer(head, "blend")
     if blend is not None:
         blend.trainable = False
     history: dict[str, Any] = {"train": fit(
-        head, x, np.asarray(y), x_val, np.asarray(y_val), epochs=cfg.epochs,
-        batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+        head, x, None, Examples.of(x_val, y_val) if len(y_val) else None, None,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, patience=cfg.patience,
-        seed=seed, verbose=verbose, monitor=MONITOR)}
+        seed=seed, verbose=verbose, monitor=MONITOR, shuffle_buffer=shuffle_buffer)}
     if blend is not None and len(y_val):
         for layer in head.layers:
             layer.trainable = layer is blend

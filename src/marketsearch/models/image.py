@@ -260,17 +260,21 @@ def _concat_phases(history: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_image_model(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-                      y_val: np.ndarray, n_classes: int, cfg: ImageModelConfig, seed: int,
-                      verbose: int = 2, cache=None) -> tuple[keras.Model, dict[str, Any]]:
+def train_image_model(x_train, y_train, x_val, y_val, n_classes: int, cfg: ImageModelConfig,
+                      seed: int, verbose: int = 2, cache=None, shuffle_buffer: int | None = None,
+                      spill_dir=None) -> tuple[keras.Model, dict[str, Any]]:
     """Build and train the photo model; returns (model, history).
+
+    ``x_train``/``x_val``: uint8 photos [N, S, S, 3] with labels ``y_*``, or
+    ``marketsearch.streaming.Examples`` of them (one part per clean shard; ``y_*`` None),
+    streamed through tf.data with a shuffle buffer of ``shuffle_buffer`` examples.
 
     A backbone with weights (``cfg.weights``) trains in two stages:
 
     1. the head (embedding + classifier) on the frozen backbone's pooled features of every
-       photo, computed once and read back from ``cache`` (a ``FeatureCache``; None computes
-       them without storing), ``cfg.epochs`` at ``cfg.learning_rate``, early-stopped on
-       validation accuracy;
+       photo, computed once per part and read back from ``cache`` (a ``FeatureCache``; None
+       computes them without storing; written part by part under ``spill_dir`` when given),
+       ``cfg.epochs`` at ``cfg.learning_rate``, early-stopped on validation accuracy;
     2. with ``cfg.fine_tune_epochs`` > 0, the top ``cfg.fine_tune_blocks`` blocks
        (EfficientNet-Lite0; keras.applications backbones whole) from pixels with augmentation
        at ``cfg.fine_tune_learning_rate``, batch norm kept in inference mode.
@@ -282,39 +286,52 @@ def train_image_model(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
     "frozen" and "fine_tune"); ``history["seconds"]`` the wall time, ``history["features"]``
     the feature cache's hits and misses.
     """
-    from marketsearch.feature_cache import FeatureCache
+    from pathlib import Path
 
-    if x_train.dtype != np.uint8:
-        raise ValueError(f"x_train must be uint8 photos, got {x_train.dtype}")
-    image_size = int(x_train.shape[1])
+    from marketsearch.feature_cache import FeatureCache
+    from marketsearch.streaming import Examples
+
+    train = x_train if isinstance(x_train, Examples) else Examples.of(x_train, y_train)
+    val = x_val if isinstance(x_val, Examples) else Examples.of(x_val, y_val)
+    if not len(train):
+        raise ValueError("x_train is empty: no photos to train on")
+    first = train.part(0)[0][0]
+    if first.dtype != np.uint8:
+        raise ValueError(f"x_train must be uint8 photos, got {first.dtype}")
+    image_size = int(first.shape[1])
     set_seed(seed)
     start = time.perf_counter()
     model = build_image_model(n_classes, cfg, image_size, seed=seed)
     features = features_model(model)
     backbone = features.get_layer(BACKBONE_LAYER)
     history: dict[str, Any] = {}
+    stream = dict(shuffle_buffer=shuffle_buffer)
     if is_pretrained(cfg):
         cache = cache or FeatureCache(None)
         features.trainable = False
-        f_train = cache.features(features, x_train, desc="photo features (train)")
-        f_val = cache.features(features, x_val, desc="photo features (val)")
+        spill = (lambda name: Path(spill_dir) / name) if spill_dir else (lambda name: None)  # noqa: E731
+        f_train = train.map(lambda px: cache.features(features, px, desc="photo features (train)"),
+                            spill("features-train"))
+        f_val = val.map(lambda px: cache.features(features, px, desc="photo features (val)"),
+                        spill("features-val"))
         history["features"] = cache.stats.as_dict()
-        history["frozen"] = fit(head_from_features(model), f_train, y_train, f_val, y_val,
+        history["frozen"] = fit(head_from_features(model), f_train, None, f_val, None,
                                 epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-                                verbose=verbose, monitor="val_accuracy", **_fit_args(cfg, seed))
+                                verbose=verbose, monitor="val_accuracy", **stream,
+                                **_fit_args(cfg, seed))
         if cfg.fine_tune_epochs > 0:
             features.trainable = True
             unfreeze_for_fine_tuning(
                 backbone, cfg.fine_tune_blocks if cfg.backbone == "efficientnet_lite0" else None)
             history["fine_tune"] = fit(
-                model, x_train, y_train, x_val, y_val, epochs=cfg.fine_tune_epochs,
+                model, train, None, val, None, epochs=cfg.fine_tune_epochs,
                 learning_rate=cfg.fine_tune_learning_rate, verbose=verbose,
-                monitor="val_accuracy", **{**_fit_args(cfg, seed), "warmup_epochs": 0})
+                monitor="val_accuracy", **stream, **{**_fit_args(cfg, seed), "warmup_epochs": 0})
         history["train"] = _concat_phases(history)
     else:
-        history["train"] = fit(model, x_train, y_train, x_val, y_val,
+        history["train"] = fit(model, train, None, val, None,
                                epochs=cfg.epochs + cfg.fine_tune_epochs,
-                               learning_rate=cfg.learning_rate, verbose=verbose,
+                               learning_rate=cfg.learning_rate, verbose=verbose, **stream,
                                **_fit_args(cfg, seed))
     history["seconds"] = time.perf_counter() - start
     return model, history

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..config import TextModelConfig, Word2VecConfig
-from ..text import OOV, PAD, build_vocab, encode, tokenize
+from ..text import OOV, PAD, build_vocab, encode
 from .training import fit, set_seed
 
 import keras  # noqa: E402
@@ -46,20 +46,22 @@ MONITOR = "val_accuracy"
 
 # --- Word2Vec -------------------------------------------------------------------------------
 
-def train_word2vec(token_lists: Sequence[list[str]], cfg: Word2VecConfig, seed: int):
+def train_word2vec(token_lists, cfg: Word2VecConfig, seed: int):
     """CBOW Word2Vec on the training corpus -> gensim KeyedVectors (deterministic: one worker,
-    fixed seed)."""
+    fixed seed). ``token_lists``: a list, or a restartable iterable that streams them (read
+    once for the vocabulary and once per epoch, never held)."""
     from gensim.models import Word2Vec
 
-    token_lists = [list(t) for t in token_lists if t]
-    if not token_lists:
+    if isinstance(token_lists, (list, tuple)):
+        token_lists = [list(t) for t in token_lists if t]
+    if next(iter(token_lists), None) is None:
         raise ValueError("train_word2vec: no non-empty token lists to train on")
     start = time.perf_counter()
     w2v = Word2Vec(sentences=token_lists, vector_size=cfg.vector_size, window=cfg.window,
                    min_count=cfg.min_count, sg=0, workers=1, seed=int(seed), epochs=cfg.epochs,
                    hashfxn=_stable_hash)
     log.info("word2vec: %d words x %d dims from %d texts in %.1fs", len(w2v.wv),
-             cfg.vector_size, len(token_lists), time.perf_counter() - start)
+             cfg.vector_size, w2v.corpus_count, time.perf_counter() - start)
     return w2v.wv
 
 
@@ -198,11 +200,16 @@ def build_text_ensemble(towers: Sequence[keras.Model], name: str = "text_word2ve
     return keras.Model(ids, probs, name=name)
 
 
-def train_text_model(texts_train: Sequence[str], y_train: np.ndarray,
-                     texts_val: Sequence[str], y_val: np.ndarray, n_classes: int,
-                     cfg: TextModelConfig, seed: int, verbose: int = 2
+def train_text_model(texts_train, y_train, texts_val, y_val, n_classes: int,
+                     cfg: TextModelConfig, seed: int, verbose: int = 2,
+                     shuffle_buffer: int | None = None, spill_dir=None
                      ) -> tuple[keras.Model, dict[str, int], dict[str, Any]]:
     """Train the text model on listing texts -> (model, vocab, history).
+
+    ``texts_*``: lists of texts with labels ``y_*``, or ``marketsearch.streaming.TextParts``
+    (one part per clean shard; ``y_*`` None): Word2Vec streams the corpus, and the encoded
+    texts (under ``spill_dir``, when given) stream through tf.data with a shuffle buffer of
+    ``shuffle_buffer`` examples.
 
     ``word2vec_cnn``: ``cfg.towers`` text CNNs, each with its own Word2Vec (CBOW, seeds
     ``seed``, ``seed + 1``, ...) on the training texts initialising its embedding, trained
@@ -213,6 +220,12 @@ def train_text_model(texts_train: Sequence[str], y_train: np.ndarray,
     history: "train" (the first tower's per-epoch curves), "towers" (all of them),
     "vocab_size", "seconds".
     """
+    from pathlib import Path
+
+    from marketsearch.streaming import TextParts
+
+    train = texts_train if isinstance(texts_train, TextParts) else TextParts.of(texts_train, y_train)
+    val = texts_val if isinstance(texts_val, TextParts) else TextParts.of(texts_val, y_val)
     set_seed(seed)
     start = time.perf_counter()
     history: dict[str, Any] = {}
@@ -220,33 +233,34 @@ def train_text_model(texts_train: Sequence[str], y_train: np.ndarray,
                     learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                     warmup_epochs=cfg.warmup_epochs, patience=cfg.patience, verbose=verbose,
                     monitor=MONITOR)
-    y_train, y_val = np.asarray(y_train), np.asarray(y_val)
     if cfg.encoder == "tfhub":
         if not cfg.hub_handle:
             raise ValueError("text_model.hub_handle is required when text_model.encoder=tfhub")
         model = build_hub_text_model(cfg.hub_handle, n_classes, cfg)
-        x_train = prepare_text_input(texts_train, STRINGS, None, cfg.max_len)
-        x_val = prepare_text_input(texts_val, STRINGS, None, cfg.max_len)
-        history["train"] = fit(model, x_train, y_train, x_val, y_val, seed=seed, **fit_args)
+        x_train = prepare_text_input(train.texts(), STRINGS, None, cfg.max_len)
+        x_val = prepare_text_input(val.texts(), STRINGS, None, cfg.max_len)
+        history["train"] = fit(model, x_train, train.labels(), x_val, val.labels(), seed=seed,
+                               **fit_args)
         history["towers"] = [history["train"]]
         history["seconds"] = time.perf_counter() - start
         return model, {}, history
 
     n_towers = cfg.towers
-    tokens = [tokenize(t) for t in texts_train]
+    tokens = train.tokens()
     vocab: dict[str, int] = {}
     trained, histories = [], []
+    spill = (lambda name: Path(spill_dir) / name) if spill_dir else (lambda name: None)  # noqa: E731
     for k in range(n_towers):
         tower_seed = seed + k
         kv = train_word2vec(tokens, cfg.word2vec, tower_seed)
         if not vocab:
-            vocab = build_vocab(tokens, kv.index_to_key)
-            x_train = encode(texts_train, vocab, cfg.max_len)
-            x_val = encode(texts_val, vocab, cfg.max_len)
+            vocab = build_vocab(None, kv.index_to_key)
+            x_train = train.examples(lambda texts: encode(texts, vocab, cfg.max_len), spill("train"))
+            x_val = val.examples(lambda texts: encode(texts, vocab, cfg.max_len), spill("val"))
         set_seed(tower_seed)
         tower = build_text_model(embedding_matrix(vocab, kv, tower_seed), n_classes, cfg)
-        histories.append(fit(tower, x_train, y_train, x_val, y_val, seed=tower_seed,
-                             **fit_args))
+        histories.append(fit(tower, x_train, None, x_val, None, seed=tower_seed,
+                             shuffle_buffer=shuffle_buffer, **fit_args))
         trained.append(tower)
         log.info("text tower %d/%d: best val accuracy %.4f", k + 1, n_towers,
                  max(histories[-1].get("val_accuracy", [float("nan")])))

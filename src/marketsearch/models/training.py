@@ -89,18 +89,24 @@ def fit(model: keras.Model, x_train: Any, y_train: np.ndarray, x_val: Any, y_val
         warmup_epochs: int, patience: int, seed: int, verbose: int = 2,
         monitor: str = "val_loss", label_smoothing: float = 0.0,
         class_weight: dict[int, float] | None = None,
-        callbacks: list[keras.callbacks.Callback] | None = None) -> dict[str, Any]:
+        callbacks: list[keras.callbacks.Callback] | None = None,
+        shuffle_buffer: int | None = None) -> dict[str, Any]:
     """Compile ``model`` (AdamW, warm-up + cosine decay, sparse CE, accuracy + top-3) and train
     it with early stopping on ``monitor``; the best epoch's weights are restored at the end.
 
-    ``x_*`` may be an array, a tuple/list or a dict of arrays (one per model input).
+    ``x_*`` may be an array, a tuple/list or a dict of arrays (one per model input), or
+    ``marketsearch.streaming.Examples`` (``y_*`` then None): streamed through tf.data with a
+    shuffle buffer of ``shuffle_buffer`` examples (None: all of them).
     Returns the Keras history (lists per metric) plus ``best_epoch`` (1-based),
     ``epochs_run`` and ``seconds``.
     """
+    from marketsearch.streaming import Examples
+
     if epochs <= 0:
         return {"best_epoch": 0, "epochs_run": 0, "seconds": 0.0}
     set_seed(seed)
-    n = _n_examples(x_train)
+    streamed = isinstance(x_train, Examples)
+    n = len(x_train) if streamed else _n_examples(x_train)
     if n == 0:
         raise ValueError("x_train is empty: no examples to train on")
     steps = math.ceil(n / batch_size)
@@ -108,17 +114,26 @@ def fit(model: keras.Model, x_train: Any, y_train: np.ndarray, x_val: Any, y_val
                   weight_decay=weight_decay, label_smoothing=label_smoothing)
     if isinstance(x_train, list):
         x_train, x_val = tuple(x_train), tuple(x_val)
-    has_val = x_val is not None and y_val is not None and _n_examples(x_val) > 0
+    if streamed:
+        has_val = x_val is not None and len(x_val) > 0
+    else:
+        has_val = x_val is not None and y_val is not None and _n_examples(x_val) > 0
     if not has_val and monitor.startswith("val_"):
         monitor = monitor[4:]
     stopper = keras.callbacks.EarlyStopping(
         monitor=monitor, patience=patience, restore_best_weights=True,
         mode="max" if "accuracy" in monitor or "top3" in monitor else "min")
     start = time.perf_counter()
-    hist = model.fit(x_train, np.asarray(y_train), batch_size=batch_size, epochs=epochs,
-                     validation_data=(x_val, np.asarray(y_val)) if has_val else None,
-                     shuffle=True, verbose=verbose, class_weight=class_weight,
-                     callbacks=[stopper, *(callbacks or [])])
+    if streamed:
+        hist = model.fit(x_train.dataset(batch_size, shuffle_buffer or n, seed), epochs=epochs,
+                         validation_data=x_val.dataset(batch_size) if has_val else None,
+                         shuffle=False, verbose=verbose, class_weight=class_weight,
+                         callbacks=[stopper, *(callbacks or [])])
+    else:
+        hist = model.fit(x_train, np.asarray(y_train), batch_size=batch_size, epochs=epochs,
+                         validation_data=(x_val, np.asarray(y_val)) if has_val else None,
+                         shuffle=True, verbose=verbose, class_weight=class_weight,
+                         callbacks=[stopper, *(callbacks or [])])
     seconds = time.perf_counter() - start
     out: dict[str, Any] = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     out["best_epoch"] = int(stopper.best_epoch) + 1

@@ -187,11 +187,13 @@ class CleanData(Record):
         snapshot.write_json(out_dir, "source.json", self.source)
 
     @classmethod
-    def load(cls, directory):
+    def load(cls, directory, mmap: bool = False):
+        """The CleanData saved in ``directory``; ``mmap``: its pixels memory-mapped, read from
+        disk only where indexed (a shard's photos are never all in memory at once)."""
         d = Path(directory)
         q = snapshot.read_table(d, "quarantine")
         data = cls(snapshot.read_table(d, "products"), snapshot.read_table(d, "images"),
-                   np.load(d / PIXELS_FILE), q.to_dict("records"))
+                   np.load(d / PIXELS_FILE, mmap_mode="r" if mmap else None), q.to_dict("records"))
         if (d / f"{THUMBS_TABLE}.parquet").exists():
             data.thumbnails = snapshot.read_table(d, THUMBS_TABLE)
         for name in ("summary", "source"):
@@ -211,13 +213,103 @@ class CleanData(Record):
     def report(self, directory):
         if self.summary.get("shard"):           # one shard of many: gather_clean plots them all
             return None
-        from marketsearch import plots
+        return clean_data_report(self.products, self.summary, directory)
 
-        fig_dir = Path(directory) / "plots"
-        fig_dir.mkdir(parents=True, exist_ok=True)
-        p = self.products
-        pngs = [plots.price_distribution_png(p["price"].to_numpy(), fig_dir / "price_distribution.png"),
-                plots.category_counts_png(p["category"].tolist(), fig_dir / "category_counts.png"),
-                plots.uk_map_png(p["lat"].to_numpy(), p["lon"].to_numpy(), fig_dir / "uk_map.png",
-                                 categories=p["category"].tolist())]
-        return Report("Clean data", pngs, self.summary)
+
+def clean_data_report(listings: pd.DataFrame, summary: dict, directory) -> Report:
+    """The clean data's plots (prices, categories, a map) from its listings' price,
+    category, lat and lon."""
+    from marketsearch import plots
+
+    fig_dir = Path(directory) / "plots"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    p = listings
+    pngs = [plots.price_distribution_png(p["price"].to_numpy(), fig_dir / "price_distribution.png"),
+            plots.category_counts_png(p["category"].tolist(), fig_dir / "category_counts.png"),
+            plots.uk_map_png(p["lat"].to_numpy(), p["lon"].to_numpy(), fig_dir / "uk_map.png",
+                             categories=p["category"].tolist())]
+    return Report("Clean data", pngs, summary)
+
+
+@dataclass
+class CleanShard(Record):
+    """One clean shard (prepare_shard's output, or any saved CleanData) read lazily: its
+    summary at once, its tables and memory-mapped pixels only when ``data()`` is called. A
+    stage given the catalogue's shards (``dsl.Collected``) holds one shard's rows at a time."""
+    directory: Path
+    summary: dict
+
+    FILES = CleanData.FILES
+
+    def save(self, directory):
+        raise TypeError("CleanShard only reads a clean shard; prepare_shard saves a CleanData")
+
+    @classmethod
+    def load(cls, directory):
+        d = Path(directory)
+        summary = snapshot.read_json(d, "summary.json") if (d / "summary.json").exists() else {}
+        return cls(d, summary)
+
+    @property
+    def name(self) -> str:
+        return self.summary.get("shard") or self.directory.name
+
+    @property
+    def n_products(self) -> int:
+        return int(self.summary.get("n_products", 0))
+
+    def data(self) -> CleanData:
+        """The shard's CleanData, pixels memory-mapped."""
+        return CleanData.load(self.directory, mmap=True)
+
+    def products(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """The shard's listings (only ``columns``, when given)."""
+        return snapshot.read_table(self.directory, "products", columns)
+
+    def quarantine(self) -> list[dict]:
+        return snapshot.read_table(self.directory, "quarantine").to_dict("records")
+
+
+PLAN_COLUMNS = ["id", "split", "category", "price", "lat", "lon"]
+
+
+@dataclass
+class CleanPlan(Record):
+    """gather_clean's output: what the whole catalogue needs decided once, with none of its
+    photos or texts. ``listings`` has one row per clean listing in id order (PLAN_COLUMNS:
+    its split, dealt over the whole catalogue, and what the plots and price checks read);
+    ``summary`` the recounted counts, labels and photo size; ``quarantine`` every row a
+    shard refused. The clean shards stay in prepare_shard's artifacts, and the stages after
+    read them one at a time through ``marketsearch.catalogue.CleanCatalogue``."""
+    listings: pd.DataFrame
+    quarantine: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
+
+    FILES = {"listings.parquet": "one row per clean listing in id order: " + ", ".join(PLAN_COLUMNS),
+             "quarantine.parquet": "rows the shards refused, with the reason",
+             "summary.json": "counts, splits, labels, photo size, shards",
+             "source.json": "the raw snapshot's manifest"}
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.summary.get("labels") or sorted(self.listings["category"].unique()))
+
+    def save(self, directory):
+        snapshot.write_tables(directory, listings=self.listings,
+                              quarantine=quarantine.frame(self.quarantine))
+        snapshot.write_json(directory, "summary.json", self.summary)
+        snapshot.write_json(directory, "source.json", self.source)
+
+    @classmethod
+    def load(cls, directory):
+        return cls(snapshot.read_table(directory, "listings"),
+                   snapshot.read_table(directory, "quarantine").to_dict("records"),
+                   snapshot.read_json(directory, "summary.json"),
+                   snapshot.read_json(directory, "source.json"))
+
+    metrics = CleanData.metrics
+    headline = CleanData.headline
+
+    def report(self, directory):
+        return clean_data_report(self.listings, self.summary, directory)

@@ -22,7 +22,8 @@ from marketsearch.steps import Step, all_steps
 from marketsearch.steps.config_view import values_for
 
 # The KFP artifact type of each record.
-ARTIFACT_TYPES = {"Snapshot": "Dataset", "SnapshotShards": "Dataset", "ValidatedData": "Dataset", "CleanData": "Dataset",
+ARTIFACT_TYPES = {"Snapshot": "Dataset", "SnapshotShards": "Dataset", "ValidatedData": "Dataset",
+                  "CleanData": "Dataset", "CleanShard": "Dataset", "CleanPlan": "Dataset",
                   "TrainedModel": "Model", "Bundle": "Model", "Evaluation": "Artifact",
                   "Decision": "Artifact", "DriftResult": "Artifact", "Deployment": "Artifact"}
 SCALAR_TYPES = {"run_dir": "str", "seed": "int"}

@@ -34,8 +34,8 @@ def run_step(module: str, name: str, args: dict):
     from marketsearch import tracking
 
     cfg = config_from({k: args[k] for k in step.reads}, name)
-    kwargs = {param: [kind[0].load(a.path) for a in args[param]] if isinstance(kind, list)
-              else kind.load(args[param].path) for param, kind in step.inputs.items()}
+    kwargs = {param: _load_input(kind, args[param]) for param, kind in step.inputs.items()
+              if param in args}       # (a KFP task passes them all; a test may leave one out)
     kwargs.update({p: args[p] for p in step.params})
     kwargs.update({param: args[artifact].uri for param, artifact in step.uris.items()})
     if step.out_dir:
@@ -65,6 +65,15 @@ def run_step(module: str, name: str, args: dict):
                 else "")
     say(f"{name}: done in {time.time() - start:.0f} s{': ' + headline if headline else ''}")
     return step.returns(result) if step.returns else None
+
+
+def _load_input(kind, artifact):
+    """The record(s) of an input artifact; a list input (a fan-out's dsl.Collected) given one
+    artifact takes it as a list of one."""
+    if isinstance(kind, list):
+        many = artifact if isinstance(artifact, (list, tuple)) else [artifact]
+        return [kind[0].load(a.path) for a in many]
+    return kind.load(artifact.path)
 
 
 def publish(step: Step, record: Record, args: dict) -> None:
