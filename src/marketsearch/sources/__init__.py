@@ -2,7 +2,9 @@
 
 Every reader returns the same ``RawData``: the listings as the marketplace holds them (all
 strings) and one row per photo with its bytes, or with ``source_error`` saying why the bytes
-could not be read. Nothing is validated here: a missing column or an unreadable photo is
+could not be read. Each also has an ``index_*`` form that reads everything but the photo
+bytes: a photo index, whose rows ``fetch_photos`` completes with their bytes any number at a
+time (ingest fetches one shard's photos at a time; ``read_*`` fetch all of them). Nothing is validated here: a missing column or an unreadable photo is
 kept as it is found, for the validate stage to report and quarantine. Only a source that
 is missing altogether (no products.csv, no such table, no such bucket) raises.
 
@@ -14,12 +16,16 @@ Layout of a file source (a folder or an s3://bucket/prefix/)::
 
 The package, one module per kind of source:
 
-    common.py    ``RawData``, the file names, shaping frames as str, reading a CSV
-    local.py     ``read_local``: a folder
-    s3.py        ``read_s3``: an s3://bucket/prefix/ (and the S3 client the others share)
-    postgres.py  ``read_postgres``: two tables, photos from a bytea column, a folder or S3
+    common.py    ``RawData``, the file names, shaping frames as str, reading a CSV,
+                 ``fetch_photos`` (the bytes of a photo index's rows)
+    local.py     ``read_local`` / ``index_local``: a folder (``FolderPhotos``)
+    s3.py        ``read_s3`` / ``index_s3``: an s3://bucket/prefix/ (``S3Photos``, and the S3
+                 client the others share)
+    postgres.py  ``read_postgres`` / ``index_postgres``: two tables, photos from a bytea column
+                 (``TablePhotos``), a folder or S3
     sampling.py  ``sample`` (stratified by root category) and ``concat``
-    __init__.py  ``read_source``: the source the config names (``postgres_url_from``)
+    __init__.py  ``read_source`` / ``read_source_index``: the source the config names
+                 (``postgres_url_from``)
 """
 from __future__ import annotations
 
@@ -28,11 +34,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import IMAGES_FILE, PHOTO_DIR, PRODUCTS_FILE, RawData, read_csv_text
-from .local import read_local
-from .postgres import read_postgres, redact_url
+from .common import (IMAGES_FILE, PHOTO_DIR, PRODUCTS_FILE, PhotoFetcher, RawData, fetch_photos,
+                     read_csv_text)
+from .local import FolderPhotos, index_local, read_local
+from .postgres import TablePhotos, index_postgres, read_postgres, redact_url
 from .postgres import _psycopg2_dsn, _table_sql  # noqa: F401  (marketsearch.fingerprint uses them)
-from .s3 import S3_WORKERS, parse_s3_uri, read_s3, s3_client
+from .s3 import S3_WORKERS, S3Photos, index_s3, parse_s3_uri, read_s3, s3_client
 from .sampling import concat, sample
 
 if TYPE_CHECKING:
@@ -41,9 +48,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "IMAGES_FILE", "PHOTO_DIR", "PRODUCTS_FILE", "S3_WORKERS", "RawData", "concat",
-    "parse_s3_uri", "postgres_url_from", "read_csv_text", "read_local", "read_postgres",
-    "read_s3", "read_source", "redact_url", "s3_client", "sample",
+    "IMAGES_FILE", "PHOTO_DIR", "PRODUCTS_FILE", "S3_WORKERS", "FolderPhotos", "PhotoFetcher",
+    "RawData", "S3Photos", "TablePhotos", "concat", "fetch_photos", "index_local",
+    "index_postgres", "index_s3", "parse_s3_uri", "postgres_url_from", "read_csv_text",
+    "read_local", "read_postgres", "read_s3", "read_source", "read_source_index", "redact_url",
+    "s3_client", "sample",
 ]
 
 
@@ -56,15 +65,17 @@ def postgres_url_from(cfg: "Config") -> str:
     return url
 
 
-def read_source(cfg: "Config", apply_limit: bool = True) -> RawData:
-    """Read the configured source; with ``data.limit`` keep a stratified sample of it."""
+def read_source_index(cfg: "Config", apply_limit: bool = True) -> RawData:
+    """The configured source as a photo index (RawData without photo bytes; see common.py):
+    every listing and photo row, ``data.limit`` sampling and ``data.extra_local_dirs`` applied
+    as ``read_source`` applies them. ``fetch_photos`` reads the bytes of any of its rows."""
     data = cfg.data
     if data.source == "local":
-        raw = read_local(data.local_dir)
+        index = index_local(data.local_dir)
     elif data.source == "s3":
         if not data.s3_uri:
             raise ValueError("data.source is s3 but data.s3_uri is not set")
-        raw = read_s3(data.s3_uri, endpoint_url=data.s3_endpoint_url)
+        index = index_s3(data.s3_uri, endpoint_url=data.s3_endpoint_url)
     elif data.source == "postgres":
         url = postgres_url_from(cfg)
         log.info("reading Postgres %s", redact_url(url))
@@ -75,12 +86,24 @@ def read_source(cfg: "Config", apply_limit: bool = True) -> RawData:
             photos = str(Path(data.local_dir) / PHOTO_DIR)
         else:
             photos = None
-        raw = read_postgres(url, data.products_table, data.images_table, photos,
-                            endpoint_url=data.s3_endpoint_url)
+        index = index_postgres(url, data.products_table, data.images_table, photos,
+                               endpoint_url=data.s3_endpoint_url)
     else:  # pragma: no cover - the config model admits no other value
         raise ValueError(f"data.source {data.source!r} is not local, postgres or s3")
     if apply_limit and data.limit is not None:
-        raw = sample(raw, data.limit, cfg.seed)
+        index = sample(index, data.limit, cfg.seed)
     for extra in data.extra_local_dirs:
-        raw = concat(raw, read_local(extra))
+        index = concat(index, index_local(extra))
+    log.info("indexed %d listings and %d photo rows from %s", len(index.products),
+             len(index.images), index.source)
+    return index
+
+
+def read_source(cfg: "Config", apply_limit: bool = True) -> RawData:
+    """Read the configured source, photo bytes included (the whole catalogue in memory: for
+    small data and tests; ingest streams it shard by shard instead); with ``data.limit`` keep a
+    stratified sample of it."""
+    index = read_source_index(cfg, apply_limit)
+    raw = RawData(index.products, fetch_photos(index.images), source=index.source)
+    log.info("read %s", raw.summary())
     return raw

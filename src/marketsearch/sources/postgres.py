@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 
 from marketsearch.schema import RAW_PRODUCT_COLUMNS
 
-from .common import RawData, _as_str_frame, _images_frame, _photo_id
-from .local import _read_file
-from .s3 import _fetch_s3_photos, parse_s3_uri, s3_client
+from .common import RawData, _as_str_frame, _index_frame, _photo_id, fetch_photos
+from .local import FolderPhotos
+from .s3 import S3Photos, parse_s3_uri, s3_client
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,11 @@ def _table_sql(name: str):
     return sql.SQL(".").join(sql.Identifier(p) for p in parts)
 
 
-def _fetch_table(conn, table: str, what: str) -> tuple[list[str], list[tuple]]:
+def _fetch_table(conn, table: str, what: str, without: str | None = None
+                 ) -> tuple[list[str], list[tuple]]:
+    """Every row of ``table`` (sorted by id when it has one). ``without``: a column to leave
+    out (the photo bytes); the rows then end with the row's ctid (text) and whether that
+    column is NULL, named CTID and IS_NULL."""
     import psycopg2
     from psycopg2 import sql
 
@@ -56,8 +60,15 @@ def _fetch_table(conn, table: str, what: str) -> tuple[list[str], list[tuple]]:
         total = cur.fetchone()[0]
         cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(ident))
         names = [d.name for d in cur.description]
+    if without is not None and without in names:
+        fields = sql.SQL(", ").join(
+            [sql.Identifier(n) for n in names if n != without]
+            + [sql.SQL("ctid::text AS {}").format(sql.Identifier(CTID)),
+               sql.SQL("{} IS NULL AS {}").format(sql.Identifier(without), sql.Identifier(IS_NULL))])
+        query = sql.SQL("SELECT {} FROM {}").format(fields, ident)
+    else:
+        query = sql.SQL("SELECT * FROM {}").format(ident)
     # A table has no order of its own: sort by id (when there is one) for a stable snapshot.
-    query = sql.SQL("SELECT * FROM {}").format(ident)
     if "id" in names:
         query = sql.SQL("{} ORDER BY {}").format(query, sql.Identifier("id"))
     rows: list[tuple] = []
@@ -73,6 +84,108 @@ def _fetch_table(conn, table: str, what: str) -> tuple[list[str], list[tuple]]:
     return columns, rows
 
 
+CTID, IS_NULL = "_ms_ctid", "_ms_data_is_null"     # private columns of the photo index query
+
+
+def _connect(url: str):
+    import psycopg2
+
+    try:
+        return psycopg2.connect(_psycopg2_dsn(url))
+    except psycopg2.OperationalError as exc:
+        raise ConnectionError(f"cannot connect to {redact_url(url)}: "
+                              f"{str(exc).strip().splitlines()[0]}") from None
+
+
+class TablePhotos:
+    """PhotoFetcher of the images table's ``data`` column, by row (ctid): one query per call,
+    on a connection of its own. A row that changed or went away since the index was read
+    says so in its source_error."""
+
+    def __init__(self, url: str, table: str):
+        self.url, self.table = url, table
+
+    def __call__(self, ctids: list) -> tuple[list, list[str]]:
+        from psycopg2 import sql
+
+        if not ctids:
+            return [], []
+        conn = _connect(self.url)
+        try:
+            conn.set_session(readonly=True)
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SELECT ctid::text, data FROM {} WHERE ctid = ANY(%s::tid[])")
+                            .format(_table_sql(self.table)), (list(ctids),))
+                found = {ctid: blob for ctid, blob in cur}
+        finally:
+            conn.close()
+        data: list = []
+        errors: list[str] = []
+        for ctid in ctids:
+            if ctid not in found:
+                data.append(None)
+                errors.append(f"photo row {ctid} of {self.table} changed or went away while "
+                              "it was read")
+            elif found[ctid] is None:
+                data.append(None)
+                errors.append(f"photo bytes are NULL in {self.table}.data")
+            else:
+                data.append(bytes(found[ctid]))
+                errors.append("")
+        return data, errors
+
+    def __repr__(self) -> str:
+        return f"TablePhotos({redact_url(self.url)!r}, {self.table!r})"
+
+
+def index_postgres(url: str, products_table: str = "products", images_table: str = "images",
+                   image_dir_or_s3: str | os.PathLike | None = None,
+                   endpoint_url: str | None = None) -> RawData:
+    """Listings and photo rows from two Postgres tables, a photo index (RawData): the photo
+    rows are read without their bytes; ``fetch_photos`` reads them later (see read_postgres
+    for where from)."""
+    conn = _connect(url)
+    try:
+        conn.set_session(readonly=True)
+        p_cols, p_rows = _fetch_table(conn, products_table, "products")
+        i_cols, i_rows = _fetch_table(conn, images_table, "images", without="data")
+    finally:
+        conn.close()
+
+    products = _as_str_frame(pd.DataFrame(p_rows, columns=p_cols, dtype=object),
+                             RAW_PRODUCT_COLUMNS)
+    del p_rows
+    meta = pd.DataFrame(i_rows, columns=i_cols, dtype=object)
+    del i_rows
+    n = len(meta)
+    fetchers: list = [None] * n
+    keys: list = [None] * n
+    errors = [""] * n
+    if CTID in meta.columns:                      # the table has a data column
+        table = TablePhotos(url, images_table)
+        ctids, nulls = meta.pop(CTID).tolist(), meta.pop(IS_NULL).tolist()
+        for i, (ctid, null) in enumerate(zip(ctids, nulls)):
+            if null:
+                errors[i] = f"photo bytes are NULL in {images_table}.data"
+            else:
+                fetchers[i], keys[i] = table, ctid
+    else:
+        errors = [f"{images_table} has no data column and no photo folder was given"] * n
+    missing = [i for i in range(n) if fetchers[i] is None]
+    if missing and image_dir_or_s3 is not None:
+        ids = _photo_id(meta)
+        if ids is None:
+            for i in missing:
+                errors[i] = f"{images_table} has no id column"
+        else:
+            elsewhere = _photos_from(str(image_dir_or_s3), endpoint_url)
+            for i in missing:
+                fetchers[i], keys[i], errors[i] = elsewhere, str(ids.iloc[i]), ""
+    images = _index_frame(meta, fetchers, keys, errors)
+    return RawData(products, images,
+                   source=f"postgres:{redact_url(url)}/{products_table},{images_table}")
+
+
 def read_postgres(url: str, products_table: str = "products", images_table: str = "images",
                   image_dir_or_s3: str | os.PathLike | None = None,
                   endpoint_url: str | None = None) -> RawData:
@@ -82,62 +195,18 @@ def read_postgres(url: str, products_table: str = "products", images_table: str 
     otherwise (and for rows whose ``data`` is NULL) from ``image_dir_or_s3``: a folder or an
     s3://bucket/prefix/ holding <id>.jpg. With neither, each photo row says so.
     """
-    import psycopg2
-
-    try:
-        conn = psycopg2.connect(_psycopg2_dsn(url))
-    except psycopg2.OperationalError as exc:
-        raise ConnectionError(f"cannot connect to {redact_url(url)}: "
-                              f"{str(exc).strip().splitlines()[0]}") from None
-    try:
-        conn.set_session(readonly=True)
-        p_cols, p_rows = _fetch_table(conn, products_table, "products")
-        i_cols, i_rows = _fetch_table(conn, images_table, "images")
-    finally:
-        conn.close()
-
-    products = _as_str_frame(pd.DataFrame(p_rows, columns=p_cols, dtype=object),
-                             RAW_PRODUCT_COLUMNS)
-    meta = pd.DataFrame(i_rows, columns=i_cols, dtype=object)
-    n = len(meta)
-    data: list = [None] * n
-    errors = [""] * n
-    if "data" in meta.columns:
-        for i, blob in enumerate(meta["data"]):
-            if blob is None:
-                errors[i] = f"photo bytes are NULL in {images_table}.data"
-            else:
-                data[i] = bytes(blob)
-    else:
-        errors = [f"{images_table} has no data column and no photo folder was given"] * n
-    missing = [i for i in range(n) if data[i] is None]
-    if missing and image_dir_or_s3 is not None:
-        ids = _photo_id(meta)
-        if ids is None:
-            for i in missing:
-                errors[i] = f"{images_table} has no id column"
-        else:
-            fetched, fetch_errors = _photos_from(
-                str(image_dir_or_s3), [str(ids.iloc[i]) for i in missing], endpoint_url)
-            for i, blob, error in zip(missing, fetched, fetch_errors):
-                data[i], errors[i] = blob, error
-    images = _images_frame(meta, data, errors)
-    raw = RawData(products, images,
-                  source=f"postgres:{redact_url(url)}/{products_table},{images_table}")
+    index = index_postgres(url, products_table, images_table, image_dir_or_s3, endpoint_url)
+    raw = RawData(index.products, fetch_photos(index.images), source=index.source)
     log.info("read %s", raw.summary())
     return raw
 
 
-def _photos_from(location: str, ids: list[str], endpoint_url: str | None
-                 ) -> tuple[list, list[str]]:
-    """Bytes of <id>.jpg from a folder or an s3://bucket/prefix/."""
+def _photos_from(location: str, endpoint_url: str | None):
+    """The PhotoFetcher of <id>.jpg in a folder or an s3://bucket/prefix/."""
     if location.startswith("s3://"):
         bucket, prefix = parse_s3_uri(location)
-        client = s3_client(endpoint_url)
-        return _fetch_s3_photos(client, bucket, prefix, ids, None)
+        return S3Photos(s3_client(endpoint_url), bucket, prefix, None)
     folder = Path(location)
     if not folder.is_dir():
         raise FileNotFoundError(f"photo folder {folder} not found")
-    pairs = [_read_file(folder, photo_id, f"{folder}/") for photo_id in
-             tqdm(ids, desc="read photos", unit="photo", leave=False, disable=len(ids) < 200)]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+    return FolderPhotos(folder, f"{folder}/")

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from marketsearch.schema import RAW_PRODUCT_COLUMNS
 
 from .common import (IMAGES_FILE, PHOTO_DIR, PRODUCTS_FILE, RawData, _as_str_frame,
-                     _images_frame, _photo_id, read_csv_text)
+                     _index_frame, _photo_id, fetch_photos, read_csv_text)
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,26 @@ def _fetch_s3_photos(client, bucket: str, photo_prefix: str, ids: list[str],
     return data, errors
 
 
-def read_s3(uri: str, endpoint_url: str | None = None, workers: int = S3_WORKERS) -> RawData:
-    """products.csv, images.csv and images/<id>.jpg under s3://bucket/prefix/.
+class S3Photos:
+    """PhotoFetcher of s3://bucket/<photo_prefix><id>.jpg (``known_keys``: the listed keys, so
+    that a missing photo costs no request; None: ask for every one)."""
 
-    Lists the prefix once, then fetches the CSVs and the photos (in a thread pool).
-    """
+    def __init__(self, client, bucket: str, photo_prefix: str, known_keys: set[str] | None,
+                 workers: int = S3_WORKERS):
+        self.client, self.bucket, self.photo_prefix = client, bucket, photo_prefix
+        self.known_keys, self.workers = known_keys, workers
+
+    def __call__(self, ids: list) -> tuple[list, list[str]]:
+        return _fetch_s3_photos(self.client, self.bucket, self.photo_prefix,
+                                [str(i) for i in ids], self.known_keys, self.workers)
+
+    def __repr__(self) -> str:
+        return f"S3Photos('s3://{self.bucket}/{self.photo_prefix}')"
+
+
+def index_s3(uri: str, endpoint_url: str | None = None, workers: int = S3_WORKERS) -> RawData:
+    """products.csv and images.csv under s3://bucket/prefix/, a photo index (RawData) over
+    images/<id>.jpg: lists the prefix once and fetches the CSVs; no photo yet."""
     from botocore.exceptions import ClientError
 
     bucket, prefix = parse_s3_uri(uri)
@@ -113,12 +128,21 @@ def read_s3(uri: str, endpoint_url: str | None = None, workers: int = S3_WORKERS
     meta = frames[IMAGES_FILE]
     ids = _photo_id(meta)
     if ids is None:
-        images = _images_frame(meta, [None] * len(meta),
-                               [f"{IMAGES_FILE} has no id column"] * len(meta))
+        images = _index_frame(meta, None, None, [f"{IMAGES_FILE} has no id column"] * len(meta))
     else:
-        data, errors = _fetch_s3_photos(client, bucket, f"{prefix}{PHOTO_DIR}/",
-                                        ids.astype(str).tolist(), keys, workers)
-        images = _images_frame(meta, data, errors)
-    raw = RawData(products, images, source=f"s3://{bucket}/{prefix}")
+        photo_prefix = f"{prefix}{PHOTO_DIR}/"
+        known = {k for k in keys if k.startswith(photo_prefix)}
+        images = _index_frame(meta, S3Photos(client, bucket, photo_prefix, known, workers),
+                              ids.astype(str).tolist(), [""] * len(meta))
+    return RawData(products, images, source=f"s3://{bucket}/{prefix}")
+
+
+def read_s3(uri: str, endpoint_url: str | None = None, workers: int = S3_WORKERS) -> RawData:
+    """products.csv, images.csv and images/<id>.jpg under s3://bucket/prefix/.
+
+    Lists the prefix once, then fetches the CSVs and the photos (in a thread pool).
+    """
+    index = index_s3(uri, endpoint_url, workers)
+    raw = RawData(index.products, fetch_photos(index.images), source=index.source)
     log.info("read %s", raw.summary())
     return raw
