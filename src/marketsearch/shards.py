@@ -97,15 +97,19 @@ def assign(products: pd.DataFrame, images: pd.DataFrame,
                images[(photo_shard == prefix).to_numpy()].reset_index(drop=True))
 
 
+def write_shard(directory: str | Path, name: str, products: pd.DataFrame,
+                images: pd.DataFrame) -> Shard:
+    """Write one shard's tables under ``<directory>/shards/<name>/``; return its entry."""
+    rel = f"{SHARDS_DIR}/{name}"
+    snapshot.write_tables(Path(directory) / rel, products=products, images=images)
+    return Shard(name, rel, len(products), len(images), snapshot.content_hash(products, images))
+
+
 def write(directory: str | Path, products: pd.DataFrame, images: pd.DataFrame,
           shard_rows: int) -> list[Shard]:
     """Write each shard's tables under ``<directory>/shards/<name>/``; return the entries."""
-    entries = []
-    for name, p, i in assign(products, images, shard_rows):
-        rel = f"{SHARDS_DIR}/{name}"
-        snapshot.write_tables(Path(directory) / rel, products=p, images=i)
-        entries.append(Shard(name, rel, len(p), len(i), snapshot.content_hash(p, i)))
-    return entries
+    return [write_shard(directory, name, p, i)
+            for name, p, i in assign(products, images, shard_rows)]
 
 
 def read(directory: str | Path, entry: dict) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -46,3 +46,14 @@ def content_hash(products: pd.DataFrame, images: pd.DataFrame) -> str:
         digest.update("\x1f".join(row).encode())
         digest.update(b"\x1e")
     return digest.hexdigest()
+
+
+def combined_hash(shard_hashes: dict[str, str]) -> str:
+    """The content hash of a snapshot in shards: the sha256 of one line per shard, "<name>
+    <content hash>", in shard-name order. It changes when any shard's content does, and only
+    then (the shard names follow from the listing ids and ``data.shard_rows``, which it therefore
+    also follows); the order rows were read in does not count."""
+    digest = hashlib.sha256()
+    for name in sorted(shard_hashes):
+        digest.update(f"{name} {shard_hashes[name]}\n".encode())
+    return digest.hexdigest()

@@ -312,3 +312,69 @@ def test_sample_is_stratified_deterministic_and_keeps_orphans(local_raw: RawData
     drawn = {products.loc[0, "id"] in set(sample(raw, 51, seed=s).products["id"])
              for s in range(5)}
     assert drawn == {True}
+
+
+# --- streamed ingest from the services ------------------------------------------------------------
+def _ingest_counting_fetches(cfg, fetcher_class, out_dir, monkeypatch):
+    """ingest(cfg) into out_dir, recording the keys of each call of ``fetcher_class``."""
+    from marketsearch.components.ingest import ingest
+
+    calls: list[int] = []
+    original = fetcher_class.__call__
+
+    def counted(self, keys):
+        calls.append(len(keys))
+        return original(self, keys)
+
+    monkeypatch.setattr(fetcher_class, "__call__", counted)
+    return ingest(cfg, out_dir=out_dir), calls
+
+
+def test_ingest_streams_postgres_photos_shard_by_shard(postgres_db_url: str, fixture_dir: Path,
+                                                        tmp_path: Path, monkeypatch):
+    from marketsearch.components.ingest import ingest
+    from marketsearch.sources import TablePhotos
+
+    local = ingest(Config.model_validate({"data": {"local_dir": str(fixture_dir),
+                                                   "shard_rows": 10}})).manifest
+    load_into_postgres(postgres_db_url, read_local(fixture_dir), with_bytes=True)
+    cfg = Config.model_validate({"data": {"source": "postgres", "postgres_url": postgres_db_url,
+                                          "local_dir": str(tmp_path / "none"), "shard_rows": 10}})
+    snap, calls = _ingest_counting_fetches(cfg, TablePhotos, tmp_path / "pg", monkeypatch)
+    # the same shards, hashes and content hash as the same data read from files
+    assert snap.manifest["shards"] == local["shards"]
+    assert snap.manifest["content_hash"] == local["content_hash"]
+    assert calls == [e["n_images"] for e in local["shards"] if e["n_images"]]
+    # a photo whose bytes are NULL says so; the rest goes on
+    photo = read_local(fixture_dir).images["id"].iloc[0]
+    conn = psycopg2.connect(postgres_db_url)
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE images SET data = NULL WHERE id = %s", (photo,))
+    conn.close()
+    snap = ingest(cfg, out_dir=tmp_path / "pg2")
+    images = snap.images.set_index("id")
+    assert images.loc[photo, "source_error"] == "photo bytes are NULL in images.data"
+    assert snap.manifest["n_images_unreadable"] == 1
+    assert snap.manifest["content_hash"] != local["content_hash"]
+
+
+def test_ingest_streams_s3_photos_shard_by_shard(s3_endpoint: str, s3_bucket: str,
+                                                  fixture_dir: Path, tmp_path: Path,
+                                                  monkeypatch):
+    from marketsearch.components.ingest import ingest
+    from marketsearch.sources import S3Photos
+
+    local = ingest(Config.model_validate({"data": {"local_dir": str(fixture_dir),
+                                                   "shard_rows": 10}})).manifest
+    upload_fixture(s3_endpoint, s3_bucket, "gumtree/", fixture_dir)
+    gone = read_local(fixture_dir).images["id"].iloc[3]
+    boto3.client("s3", endpoint_url=s3_endpoint).delete_object(
+        Bucket=s3_bucket, Key=f"gumtree/images/{gone}.jpg")
+    cfg = Config.model_validate({"data": {"source": "s3", "s3_uri": f"s3://{s3_bucket}/gumtree/",
+                                          "s3_endpoint_url": s3_endpoint, "shard_rows": 10}})
+    snap, calls = _ingest_counting_fetches(cfg, S3Photos, tmp_path / "s3", monkeypatch)
+    assert [e["name"] for e in snap.manifest["shards"]] == [e["name"] for e in local["shards"]]
+    assert calls == [e["n_images"] for e in local["shards"] if e["n_images"]]
+    row = snap.images.set_index("id").loc[gone]
+    assert row["source_error"] == f"photo object s3://{s3_bucket}/gumtree/images/{gone}.jpg not found"
+    assert snap.manifest["n_images_unreadable"] == 1

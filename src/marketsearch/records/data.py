@@ -15,21 +15,71 @@ from marketsearch import quarantine, shards, snapshot
 from marketsearch.records.base import Record, Report
 
 
-@dataclass
 class Snapshot(Record):
     """ingest's output: the listings and photos as the source holds them (schema.py: raw), in
-    shards of at most ``shard_rows`` listings, each with its photos (marketsearch.shards)."""
-    products: pd.DataFrame
-    images: pd.DataFrame       # with ``data`` (photo bytes), ``sha256`` and ``source_error``
-    manifest: dict             # source, location, counts, content_hash; shards once saved
-    shard_rows: int | None = None          # None: one shard
+    shards of at most ``shard_rows`` listings, each with its photos (marketsearch.shards).
+
+    Either in memory (``Snapshot(products, images, manifest, shard_rows)``: ``save`` splits it
+    into shards) or already written (``Snapshot.written``: ingest streams its shards into a
+    directory; ``save`` writes only snapshot.json there, or copies the shards elsewhere, and
+    ``products`` / ``images`` read every shard back only when asked for)."""
 
     FILES = {"shards": "shards/<name>/products.parquet (listings, every value a string) and "
                        "images.parquet (their photos with bytes, sha256 and source_error)",
              "snapshot.json": "source, location, counts, the content hash and the shards "
                               "(name, path, row counts, content hash)"}
 
+    def __init__(self, products: pd.DataFrame | None, images: pd.DataFrame | None,
+                 manifest: dict, shard_rows: int | None = None):
+        self._products = products
+        self._images = images      # with ``data`` (photo bytes), ``sha256`` and ``source_error``
+        self.manifest = manifest   # source, location, counts, content_hash; shards once saved
+        self.shard_rows = shard_rows           # None: one shard
+        self.directory: Path | None = None     # where its shards are written, if they are
+        self._staging = None                   # a TemporaryDirectory holding them, if any
+
+    @classmethod
+    def written(cls, directory, manifest: dict, staging=None) -> "Snapshot":
+        """The snapshot whose shards (and snapshot.json) are in ``directory`` already.
+        ``staging``: the tempfile.TemporaryDirectory that ``directory`` is, removed when this
+        record is (save it somewhere first)."""
+        snap = cls(None, None, manifest, manifest.get("shard_rows"))
+        snap.directory, snap._staging = Path(directory), staging
+        return snap
+
+    @property
+    def products(self) -> pd.DataFrame:
+        if self._products is None:
+            self._read_tables()
+        return self._products
+
+    @property
+    def images(self) -> pd.DataFrame:
+        if self._images is None:
+            self._read_tables()
+        return self._images
+
+    def _read_tables(self) -> None:
+        if self.directory is None:
+            raise ValueError("this Snapshot has neither tables nor a directory to read them from")
+        parts = [shards.read(self.directory, entry) for entry in self.manifest.get("shards", [])]
+        if not parts:
+            raise FileNotFoundError(f"{self.directory}/snapshot.json lists no shards: is it the "
+                                    "output of ingest?")
+        self._products = pd.concat([p for p, _ in parts], ignore_index=True)
+        self._images = pd.concat([i for _, i in parts], ignore_index=True)
+
     def save(self, directory):
+        if self.directory is not None:       # written already: copy the shards if elsewhere
+            import shutil
+
+            target = Path(directory)
+            if not (target.exists() and target.resolve() == self.directory.resolve()):
+                for entry in self.manifest.get("shards", []):
+                    shutil.copytree(self.directory / entry["path"], target / entry["path"],
+                                    dirs_exist_ok=True)
+            snapshot.write_json(target, "snapshot.json", self.manifest)
+            return
         entries = shards.write(directory, self.products, self.images,
                                self.shard_rows or max(len(self.products), 1))
         self.manifest = dict(self.manifest, shard_rows=self.shard_rows,
@@ -39,13 +89,10 @@ class Snapshot(Record):
     @classmethod
     def load(cls, directory):
         manifest = snapshot.read_json(directory, "snapshot.json")
-        parts = [shards.read(directory, entry) for entry in manifest.get("shards", [])]
-        if not parts:
-            raise FileNotFoundError(f"{directory}/snapshot.json lists no shards: is it the "
-                                    "output of ingest?")
-        return cls(pd.concat([p for p, _ in parts], ignore_index=True),
-                   pd.concat([i for _, i in parts], ignore_index=True), manifest,
-                   manifest.get("shard_rows"))
+        snap = cls.written(directory, manifest)
+        snap._read_tables()                  # now, as the files are now
+        snap.directory = None                # a copy in memory from here on
+        return snap
 
     def metrics(self):
         out = {k: v for k, v in self.manifest.items() if k.startswith("n_")}
