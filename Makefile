@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 PORT ?= 8080
 
-.PHONY: setup setup-browser run serve bench-serve bench-index-pq bench-drift test test-all compile mlflow-ui clean-runs
+.PHONY: setup setup-browser run serve bench-serve bench-index-pq bench-scale bench-drift test test-all compile mlflow-ui clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ bench-index-pq:
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.bench_index --sizes 10000000 --types ivfpq --threads 1 \
 		--pq-nlist 4096 --pq-train-sample 200000 --pq-nprobe 8 16 32 --pq-rerank-k 100 \
 		--pq-rerank-dtype float16 --pq-cold
+
+# Each stage's peak memory and time per listing on a catalogue grown 1x, 4x and 16x from the
+# shared listings, and a projection to 2M listings on EKS; writes bench/reports/scale.{md,json}.
+# BASE=1000 for a smaller 1x (the full 6,081 takes a few hours on 2 cores).
+BASE ?= 6081
+bench-scale:
+	$(BIN)/python -m bench.bench_scale --base $(BASE) --factors 1 4 16
 
 # False-alarm and detection rates of the drift checks on the shared listings (needs `make run`
 # first: its clean data and bundle); writes bench/reports/drift.{md,json}.

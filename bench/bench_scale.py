@@ -208,19 +208,25 @@ def measured(stage: str, work: Path, cfg_overrides: dict, shard: int | None = No
     return {"wall_s": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
-def run_size(factor: int, args) -> dict:
+def run_size(factor: int, args, before: dict | None = None) -> dict:
+    """One size: grow its catalogue and run every stage; with ``before`` (this size's entry
+    of an earlier report, whose work directory is still there), only ``args.stages`` again."""
     work = Path(args.workdir) / f"x{factor}"
     source = work / "source"
-    if work.exists():
-        import shutil
-        shutil.rmtree(work)
-    say(f"x{factor}: growing the catalogue from {args.base} listings")
-    start = time.perf_counter()
-    grown = grow(Path(args.source), source, args.base, factor)
-    grow_s = time.perf_counter() - start
+    if before is None:
+        if work.exists():
+            import shutil
+            shutil.rmtree(work)
+        say(f"x{factor}: growing the catalogue from {args.base} listings")
+        start = time.perf_counter()
+        grown = grow(Path(args.source), source, args.base, factor)
+        grow_s = time.perf_counter() - start
+        stages: dict[str, dict] = {}
+    else:
+        grown = {"n_listings": before["n_listings_grown"], "n_photos": before["n_photos_grown"]}
+        grow_s, stages = before["grow_s"], dict(before["stages"])
     cfg = overrides(work, source, args)
-    stages: dict[str, dict] = {}
-    for stage in STAGES:
+    for stage in (STAGES if before is None else args.stages):
         if stage == "prepare_shard":
             entries = json.loads((work / "raw" / "snapshot.json").read_text())["shards"]
             runs = [dict(measured(stage, work, cfg, k), rows=e["n_products"])
@@ -253,13 +259,16 @@ def ratios(sizes: dict) -> dict:
 
 
 def _line(x, y) -> tuple[float, float]:
-    """Least-squares (intercept, slope) of y on x, the intercept kept >= 0."""
+    """Least-squares (intercept, slope) of y on x, both kept >= 0: a negative intercept (or
+    slope: noise over a narrow range of x) gives the line through the origin, all of y per
+    unit of x (an over-estimate when there is a fixed part)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
+    through_origin = (0.0, float((x * y).sum() / (x * x).sum()))
     if len(set(x.tolist())) < 2:
-        return 0.0, float(y.sum() / x.sum())
+        return through_origin
     slope, intercept = np.polyfit(x, y, 1)
-    if intercept < 0:
-        return 0.0, float((x * y).sum() / (x * x).sum())
+    if intercept < 0 or slope < 0:
+        return through_origin
     return float(intercept), float(slope)
 
 
@@ -280,7 +289,9 @@ def projection(sizes: dict, args) -> dict:
     a, b = _line([t["rows"] for t in tasks], [t["wall_s"] for t in tasks])
     c, d = _line([t["rows"] for t in tasks], [t["peak_rss_mb"] for t in tasks])
     task_s, task_mb = a + b * rows, c + d * rows
-    slots = min(eks.kfp.shard_parallelism, EKS["cpu_max_nodes"] * EKS["cpu_vcpus"])
+    # tasks a node takes: one a vCPU, as many as fit in 90% of its memory
+    per_node = max(1, min(EKS["cpu_vcpus"], int(0.9 * EKS["cpu_memory_gib"] * 1024 // task_mb)))
+    slots = min(eks.kfp.shard_parallelism, EKS["cpu_max_nodes"] * per_node)
     hours, fits = {}, {}
     for stage in STAGES:
         if stage == "prepare_shard":
@@ -292,12 +303,13 @@ def projection(sizes: dict, args) -> dict:
         hours[stage] = (fixed + per * n) / 3600
     train_stages = ["train_image", "train_text", "train_fusion"]
     cpu_node_hours = sum(h for s, h in hours.items() if s not in train_stages and s != "prepare_shard") \
-        + shards * task_s / EKS["cpu_vcpus"] / 3600
+        + shards * task_s / per_node / 3600
     gpu_node_hours = sum(hours[s] for s in train_stages)
     return {"n_listings": n,
             "n_photos": round(n * largest["n_photos"] / largest["n_listings"]),
             "shards": shards, "shard_rows": eks.data.shard_rows,
-            "prepare_shard_parallel_tasks": slots, "cpu_nodes": math.ceil(slots / EKS["cpu_vcpus"]),
+            "prepare_shard_parallel_tasks": slots, "prepare_shard_tasks_per_node": per_node,
+            "cpu_nodes": math.ceil(slots / per_node),
             "gpu_nodes": 1, "prepare_shard_task": {"fixed_s": a, "per_listing_ms": 1000 * b,
                                                    "s_at_shard_rows": task_s,
                                                    "rss_fixed_mb": c, "rss_per_listing_kb": 1024 * d,
@@ -347,7 +359,8 @@ def write_report(report: dict) -> None:
               f"{p['n_listings']:,} listings (~{p['n_photos']:,} photos) in {p['shards']} shards "
               f"of {p['shard_rows']:,}; prepare_shard as {p['prepare_shard_parallel_tasks']} "
               f"parallel tasks on {p['cpu_nodes']} {p['prices']['cpu_instance']} nodes "
-              f"({p['prices']['cpu_vcpus']} vCPU, {p['prices']['cpu_memory_gib']} GiB), the "
+              f"({p['prices']['cpu_vcpus']} vCPU, {p['prices']['cpu_memory_gib']} GiB: "
+              f"{p['prepare_shard_tasks_per_node']} task(s) a node fit its memory), the "
               f"trainers on one {p['prices']['gpu_instance']}, timed as measured here on CPU "
               f"with {p['epochs']} epoch(s). Each stage's time is a fixed part plus a part "
               "per listing, fitted over the sizes above; prepare_shard's per task, fitted over "
@@ -377,6 +390,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--workdir", default="/tmp/bench-scale")
     ap.add_argument("--note", action="append", default=[], help="a note for the report")
+    ap.add_argument("--rerun", nargs="+", choices=STAGES, dest="stages", default=None,
+                    help="measure only these stages again, on the work directories and over "
+                         "the figures of the last report (bench/reports/scale.json)")
     ap.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--overrides", help=argparse.SUPPRESS)
@@ -385,15 +401,25 @@ def main(argv=None) -> int:
     if args.child:
         run_child(args.child, Path(args.work), json.loads(args.overrides), args.shard)
         return 0
-    sizes = {str(f): run_size(f, args) for f in args.factors}
+    last = json.loads((REPORTS / "scale.json").read_text()) if args.stages else None
+    sizes = {str(f): run_size(f, args, last["sizes"][str(f)] if last else None)
+             for f in args.factors}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                             capture_output=True).stdout.strip()
-    report = {"run": {"command": "python -m bench.bench_scale " + " ".join(sys.argv[1:]),
+    notes = list(last.get("notes", [])) if last else []
+    if last:
+        notes.append(f"{', '.join(args.stages)} measured again at commit {commit} on the same "
+                     f"catalogues (the other stages: commit {last['run']['commit']}).")
+        commit = f"{last['run']['commit']} (+ {commit} for {', '.join(args.stages)})"
+    command = "python -m bench.bench_scale " + " ".join(sys.argv[1:] if argv is None else argv)
+    if last:
+        command = f"{last['run']['command']}`, then `{command}"
+    report = {"run": {"command": command,
                       "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                       "commit": commit, "base": args.base, "factors": args.factors,
                       "shard_rows": args.shard_rows, "epochs": args.epochs},
-              "sizes": sizes, "ratios": ratios(sizes), "notes": args.note}
+              "sizes": sizes, "ratios": ratios(sizes), "notes": notes + args.note}
     report["projection"] = projection(sizes, args)
     write_report(report)
     say(f"wrote {REPORTS / 'scale.md'} and scale.json")

@@ -76,7 +76,7 @@ def load_db(cfg: Config, clean_data, plan: CleanPlan | None = None) -> dict:
     if cfg.database_url.startswith("sqlite:///"):
         Path(cfg.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     upsert = db.upsert_parts(cfg.database_url, (
-        (part.summary.get("shard"), part.products, part.images.drop(columns=["row"]))
-        for part in catalogue.parts()), cfg.data.shard_rows)
+        (name, products, images.drop(columns=["row"]))
+        for name, products, images in catalogue.table_parts()), cfg.data.shard_rows)
     log.info("load_db: %s", upsert)
     return upsert

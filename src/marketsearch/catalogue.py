@@ -98,6 +98,20 @@ class CleanCatalogue:
             yield CleanData(products, images, data.pixels, [], data.thumbnails,
                             data.summary, data.source)
 
+    def table_parts(self) -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame]]:
+        """Each shard's (name, listings, photo rows), splits from the plan; no pixels or
+        thumbnails are read."""
+        for shard in self.shards:
+            if isinstance(shard, CleanShard):
+                if not shard.n_products:
+                    continue
+                products, images = shard.products(), shard.images()
+            else:
+                products, images = shard.products, shard.images
+            yield (getattr(shard, "name", None) or shard.summary.get("shard"),
+                   products.assign(split=products["id"].map(self._split).to_numpy()),
+                   images.assign(split=images["product_id"].map(self._split).to_numpy()))
+
     def listing_parts(self, split: str | None = None,
                       columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
         """Each shard's listings (only ``columns``, when given), split from the plan, with
@@ -128,10 +142,11 @@ class CleanCatalogue:
         """(``split`` of) the catalogue as one CleanData in id order, pixels in memory: for
         work that needs it whole, on a part of the catalogue that is small; ``ids``: only
         these listings (a sample)."""
-        parts = list(self.parts(split))
-        if ids is not None:
-            parts = [_only(p, ids) for p in parts]
-            parts = [p for p in parts if len(p.products)]
+        parts = []
+        for part in self.parts(split):        # each shard cut down before the next is read
+            part = _only(part, set(part.products["id"]) if ids is None else ids)
+            if len(part.products):
+                parts.append(part)
         if not parts:
             size = self.image_size
             return CleanData(pd.DataFrame(columns=self.plan.listings.columns.tolist() + ["text"]),
@@ -140,7 +155,6 @@ class CleanCatalogue:
                              source=self.source)
         products, images, pixels = in_id_order(parts)
         thumbnails = pd.concat([p.thumbnails for p in parts], ignore_index=True)
-        thumbnails = thumbnails[thumbnails["product_id"].isin(set(products["id"]))]
         return CleanData(products, images, pixels, [], thumbnails.sort_values(
             "product_id", ignore_index=True), self.summary, self.source)
 
@@ -183,7 +197,12 @@ def in_id_order(parts: list[CleanData]) -> tuple[pd.DataFrame, pd.DataFrame, np.
 
 
 def _only(part: CleanData, ids: set) -> CleanData:
-    """``part`` with only the listings in ``ids`` and their photos (pixels untouched)."""
+    """``part`` with only the listings in ``ids``, their photo rows and thumbnails, and only
+    their pixels, copied out of the shard's memory map (so the map, and the pages the kernel
+    read ahead into it, go with the shard)."""
     products = part.products[part.products["id"].isin(ids)].reset_index(drop=True)
     images = part.images[part.images["product_id"].isin(ids)].reset_index(drop=True)
-    return CleanData(products, images, part.pixels, [], part.thumbnails, part.summary, part.source)
+    thumbs = part.thumbnails[part.thumbnails["product_id"].isin(ids)].reset_index(drop=True)
+    pixels = np.array(part.pixels[images["row"].to_numpy().astype(int)])
+    images = images.assign(row=np.arange(len(images)))
+    return CleanData(products, images, pixels, [], thumbs, part.summary, part.source)

@@ -35,8 +35,9 @@ class DriftConfig(_Section):
     sample_size: int = Field(5000, ge=10)
     embedding_rows: int = Field(500, ge=10)
     # build_index draws the reference from a seeded sample of at most this many listings (its
-    # own statistics are samples of sample_size / embedding_rows rows), read shard by shard.
-    reference_max_listings: int = Field(20000, ge=100)
+    # own statistics are samples of sample_size / embedding_rows rows), their photos in memory:
+    # what build_index's memory grows with, up to this (make bench-scale).
+    reference_max_listings: int = Field(5000, ge=100)
     # category_mix: chi-square p < alpha AND total variation distance >= this (practical
     # significance: on very large batches every tiny shift is "significant").
     category_min_tvd: float = Field(0.05, ge=0, le=1)

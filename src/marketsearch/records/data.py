@@ -313,6 +313,10 @@ class CleanShard(Record):
         """The shard's listings (only ``columns``, when given)."""
         return snapshot.read_table(self.directory, "products", columns)
 
+    def images(self) -> pd.DataFrame:
+        """The shard's photo rows (``row`` indexes its pixels)."""
+        return snapshot.read_table(self.directory, "images")
+
     def quarantine(self) -> list[dict]:
         return snapshot.read_table(self.directory, "quarantine").to_dict("records")
 
