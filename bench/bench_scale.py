@@ -140,13 +140,22 @@ def grow(source: Path, out: Path, base: int, factor: int, seed: int = SEED) -> d
 def overrides(work: Path, source: Path, args) -> dict:
     """The bench's config over config/local.yaml: its own run dir, source and database, no
     shard cache, ``--epochs`` for every trainer, one text tower."""
-    return {"run_dir": str(work / "run"),
-            "data": {"local_dir": str(source), "shard_rows": args.shard_rows, "shard_cache": None,
-                     "limit": None},
-            "clean": {"database_url": f"sqlite:///{work / 'run' / 'marketsearch.db'}"},
-            "image_model": {"epochs": args.epochs, "fine_tune_epochs": 0},
-            "text_model": {"epochs": args.epochs, "towers": 1},
-            "fusion": {"epochs": args.epochs}}
+    out = {"run_dir": str(work / "run"),
+           "data": {"local_dir": str(source), "shard_rows": args.shard_rows, "shard_cache": None,
+                    "limit": None},
+           "clean": {"database_url": f"sqlite:///{work / 'run' / 'marketsearch.db'}"},
+           "image_model": {"epochs": args.epochs, "fine_tune_epochs": 0},
+           "text_model": {"epochs": args.epochs, "towers": 1},
+           "fusion": {"epochs": args.epochs}}
+    for item in getattr(args, "sets", []):
+        key, _, value = item.partition("=")
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = json.loads(value) if value[:1].isdigit() or value in ("true", "false", "null") \
+            else value
+    return out
 
 
 def run_child(stage: str, work: Path, cfg_overrides: dict, shard: int | None) -> None:
@@ -390,6 +399,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--workdir", default="/tmp/bench-scale")
     ap.add_argument("--note", action="append", default=[], help="a note for the report")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                    help="a config override on top of the bench's (e.g. drift.reference_max_listings=900)")
     ap.add_argument("--rerun", nargs="+", choices=STAGES, dest="stages", default=None,
                     help="measure only these stages again, on the work directories and over "
                          "the figures of the last report (bench/reports/scale.json)")
@@ -402,14 +413,17 @@ def main(argv=None) -> int:
         run_child(args.child, Path(args.work), json.loads(args.overrides), args.shard)
         return 0
     last = json.loads((REPORTS / "scale.json").read_text()) if args.stages else None
-    sizes = {str(f): run_size(f, args, last["sizes"][str(f)] if last else None)
-             for f in args.factors}
+    sizes = dict(last["sizes"]) if last else {}          # a rerun keeps the sizes not named
+    sizes.update({str(f): run_size(f, args, last["sizes"][str(f)] if last else None)
+                  for f in args.factors})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                             capture_output=True).stdout.strip()
     notes = list(last.get("notes", [])) if last else []
     if last:
-        notes.append(f"{', '.join(args.stages)} measured again at commit {commit} on the same "
-                     f"catalogues (the other stages: commit {last['run']['commit']}).")
+        sets = f" with {', '.join(args.sets)}" if args.sets else ""
+        notes.append(f"{', '.join(args.stages)} at {', '.join(f'{f}x' for f in args.factors)} "
+                     f"measured again{sets} at commit {commit} on the same catalogues (the "
+                     f"rest: commit {last['run']['commit']}).")
         commit = f"{last['run']['commit']} (+ {commit} for {', '.join(args.stages)})"
     command = "python -m bench.bench_scale " + " ".join(sys.argv[1:] if argv is None else argv)
     if last:

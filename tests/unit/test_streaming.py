@@ -121,3 +121,35 @@ def test_one_clean_data_is_a_catalogue_of_one_shard_with_its_own_splits():
     catalogue = CleanCatalogue.of(data)
     assert catalogue.labels == ["x", "y"] and catalogue.image_size == 2 and len(catalogue) == 3
     assert catalogue.gathered("val").products["id"].tolist() == ["a2"]
+
+
+def test_fit_streams_a_set_larger_than_its_shuffle_buffer_and_learns(tmp_path, monkeypatch):
+    """More examples than the buffer: fit takes the tf.data path (parts on disk, a buffer of 16)
+    and still learns a separable problem; within the buffer it takes them as arrays."""
+    import keras
+
+    from marketsearch.models.training import fit
+
+    rng = np.random.default_rng(0)
+    ex = Examples(tmp_path / "parts")
+    for _ in range(4):
+        x = rng.normal(size=(60, 2)).astype(np.float32)
+        ex.add(x, (x[:, 0] > 0).astype(np.int32))
+    calls = []
+    real = Examples.dataset
+    monkeypatch.setattr(Examples, "dataset",
+                        lambda self, *a, **k: calls.append(len(self)) or real(self, *a, **k))
+
+    def model():
+        inputs = keras.Input((2,))
+        return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+
+    hist = fit(model(), ex, None, ex, None, epochs=8, batch_size=16, learning_rate=0.1,
+               weight_decay=0.0, warmup_epochs=0, patience=8, seed=0, verbose=0,
+               monitor="val_accuracy", shuffle_buffer=16)
+    assert calls == [240, 240]                        # train and val both streamed
+    assert hist["epochs_run"] == 8 and max(hist["val_accuracy"]) > 0.9
+    calls.clear()
+    fit(model(), ex, None, ex, None, epochs=1, batch_size=16, learning_rate=0.1,
+        weight_decay=0.0, warmup_epochs=0, patience=1, seed=0, verbose=0, shuffle_buffer=1000)
+    assert calls == []                                # within the buffer: arrays

@@ -96,7 +96,8 @@ def fit(model: keras.Model, x_train: Any, y_train: np.ndarray, x_val: Any, y_val
 
     ``x_*`` may be an array, a tuple/list or a dict of arrays (one per model input), or
     ``marketsearch.streaming.Examples`` (``y_*`` then None): streamed through tf.data with a
-    shuffle buffer of ``shuffle_buffer`` examples (None: all of them).
+    shuffle buffer of ``shuffle_buffer`` examples (None: all of them); a set no larger than
+    the buffer is taken as arrays (the same memory, Keras' faster array path).
     Returns the Keras history (lists per metric) plus ``best_epoch`` (1-based),
     ``epochs_run`` and ``seconds``.
     """
@@ -114,10 +115,22 @@ def fit(model: keras.Model, x_train: Any, y_train: np.ndarray, x_val: Any, y_val
                   weight_decay=weight_decay, label_smoothing=label_smoothing)
     if isinstance(x_train, list):
         x_train, x_val = tuple(x_train), tuple(x_val)
+    buffer = shuffle_buffer or n
     if streamed:
         has_val = x_val is not None and len(x_val) > 0
+        # A set that fits in the shuffle buffer would all be in memory anyway: take it as
+        # arrays (Keras' own array path, faster than a generator for small sets).
+        if n <= buffer:
+            x_train, y_train = x_train.arrays()
+            streamed = False
+        if has_val and len(x_val) <= buffer:
+            x_val, y_val = x_val.arrays()
     else:
         has_val = x_val is not None and y_val is not None and _n_examples(x_val) > 0
+    val_data = None
+    if has_val:
+        val_data = x_val.dataset(batch_size) if isinstance(x_val, Examples) else \
+            (x_val, np.asarray(y_val))
     if not has_val and monitor.startswith("val_"):
         monitor = monitor[4:]
     stopper = keras.callbacks.EarlyStopping(
@@ -125,15 +138,13 @@ def fit(model: keras.Model, x_train: Any, y_train: np.ndarray, x_val: Any, y_val
         mode="max" if "accuracy" in monitor or "top3" in monitor else "min")
     start = time.perf_counter()
     if streamed:
-        hist = model.fit(x_train.dataset(batch_size, shuffle_buffer or n, seed), epochs=epochs,
-                         validation_data=x_val.dataset(batch_size) if has_val else None,
-                         shuffle=False, verbose=verbose, class_weight=class_weight,
-                         callbacks=[stopper, *(callbacks or [])])
+        hist = model.fit(x_train.dataset(batch_size, buffer, seed), epochs=epochs,
+                         validation_data=val_data, shuffle=False, verbose=verbose,
+                         class_weight=class_weight, callbacks=[stopper, *(callbacks or [])])
     else:
         hist = model.fit(x_train, np.asarray(y_train), batch_size=batch_size, epochs=epochs,
-                         validation_data=(x_val, np.asarray(y_val)) if has_val else None,
-                         shuffle=True, verbose=verbose, class_weight=class_weight,
-                         callbacks=[stopper, *(callbacks or [])])
+                         validation_data=val_data, shuffle=True, verbose=verbose,
+                         class_weight=class_weight, callbacks=[stopper, *(callbacks or [])])
     seconds = time.perf_counter() - start
     out: dict[str, Any] = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     out["best_epoch"] = int(stopper.best_epoch) + 1
