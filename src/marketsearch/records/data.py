@@ -107,6 +107,13 @@ class Snapshot(Record):
                 f"{shards_part} (hash {m['content_hash'][:12]})")
 
 
+def _read_only(why: str):
+    """``save`` of a record that only reads what another stage saved: refuses, saying so."""
+    def save(self, directory):
+        raise TypeError(why)
+    return save
+
+
 @dataclass
 class SnapshotShards(Record):
     """ingest's output read shard by shard: the manifest, and one shard at a time on demand
@@ -115,9 +122,7 @@ class SnapshotShards(Record):
     manifest: dict
 
     FILES = Snapshot.FILES
-
-    def save(self, directory):
-        raise TypeError("SnapshotShards only reads an ingest output; ingest saves a Snapshot")
+    save = _read_only("SnapshotShards only reads an ingest output; ingest saves a Snapshot")
 
     @classmethod
     def load(cls, directory):
@@ -287,9 +292,7 @@ class CleanShard(Record):
     summary: dict
 
     FILES = CleanData.FILES
-
-    def save(self, directory):
-        raise TypeError("CleanShard only reads a clean shard; prepare_shard saves a CleanData")
+    save = _read_only("CleanShard only reads a clean shard; prepare_shard saves a CleanData")
 
     @classmethod
     def load(cls, directory):
