@@ -166,9 +166,22 @@ class TextParts:
         ys = [np.asarray(y, np.int32) for _, y in self]
         return np.concatenate(ys) if ys else np.zeros(0, np.int32)
 
-    def tokens(self) -> "_Tokens":
-        """A restartable iterable of the non-empty token lists (what gensim takes)."""
-        return _Tokens(self)
+    def tokens(self, hold_max: int | None = None) -> "list[list[str]] | _Tokens":
+        """The non-empty token lists (what gensim takes): a restartable iterable that reads
+        and tokenizes the parts again on every pass, or, when the corpus has at most
+        ``hold_max`` texts, a list made in one pass (Word2Vec reads its corpus once per
+        epoch and per tower: holding a small corpus saves re-reading and re-tokenizing it
+        some 50 times; like ``fit``, memory stays bounded by that number)."""
+        stream = _Tokens(self)
+        if not hold_max:
+            return stream
+        held, n = [], 0
+        for texts, _ in self:
+            n += len(texts)
+            if n > hold_max:
+                return stream
+            held.extend(t for t in map(_tokenize, texts) if t)
+        return held
 
     def examples(self, encode: Callable[[Sequence[str]], np.ndarray],
                  spill_dir: str | Path | None = None) -> Examples:
@@ -183,10 +196,12 @@ class _Tokens:
         self.parts = parts
 
     def __iter__(self):
-        from marketsearch.text import tokenize
-
         for texts, _ in self.parts:
-            for text in texts:
-                tokens = tokenize(text)
+            for tokens in map(_tokenize, texts):
                 if tokens:
                     yield tokens
+
+
+def _tokenize(text: str) -> list[str]:
+    from marketsearch.text import tokenize
+    return tokenize(text)

@@ -80,6 +80,25 @@ def test_word2vec_on_the_streamed_corpus_is_word2vec_on_the_list():
     assert len(parts) == 40 and np.array_equal(parts.labels(), np.r_[np.zeros(15), np.ones(25)])
 
 
+
+def test_a_corpus_within_hold_max_is_tokenized_once_and_held():
+    from marketsearch.text import tokenize
+
+    texts = ["red bike", "", "blue sofa for sale", "oak table"]
+    reads = []
+
+    def read():
+        reads.append(1)
+        return [(texts[:2], np.zeros(2)), (texts[2:], np.ones(2))]
+
+    parts = TextParts(read)
+    held = parts.tokens(hold_max=4)
+    assert isinstance(held, list) and len(reads) == 1
+    assert held == [tokenize(t) for t in texts if tokenize(t)]   # the empty text is left out
+    streamed = parts.tokens(hold_max=3)                          # 4 texts: more than it holds
+    assert not isinstance(streamed, list)
+    assert list(streamed) == list(streamed) == held
+
 def _clean_shard(ids, cat, split):
     products = pd.DataFrame({"id": ids, "category": cat, "split": split, "text": ids,
                              "price": 1.0, "lat": 51.0, "lon": 0.0})

@@ -246,7 +246,7 @@ def train_text_model(texts_train, y_train, texts_val, y_val, n_classes: int,
         return model, {}, history
 
     n_towers = cfg.towers
-    tokens = train.tokens()
+    tokens = train.tokens(hold_max=shuffle_buffer or len(train))
     vocab: dict[str, int] = {}
     trained, histories = [], []
     spill = (lambda name: Path(spill_dir) / name) if spill_dir else (lambda name: None)  # noqa: E731
