@@ -90,6 +90,23 @@ class Examples:
               for k in range(len(self._parts[0][0]))]
         return (xs[0] if self.single else tuple(xs)), self.labels()
 
+    def sample(self, n: int | None, seed: int = 0):
+        """(x, y) of a seeded sample of at most ``n`` examples, in memory, read part by part
+        (each part's chosen rows only); every example, in order, when there are no more than
+        ``n`` (None: no limit)."""
+        if n is None or len(self) <= n:
+            return self.arrays()
+        keep = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+        offsets = np.cumsum([0, *self._sizes])
+        xs_parts, ys = [], []
+        for i, (xs, y) in enumerate(self.parts()):
+            rows = keep[(keep >= offsets[i]) & (keep < offsets[i + 1])] - offsets[i]
+            if len(rows):
+                xs_parts.append([np.asarray(a[rows]) for a in xs])
+                ys.append(np.asarray(y[rows]))
+        xs = [np.concatenate([p[k] for p in xs_parts]) for k in range(len(xs_parts[0]))]
+        return (xs[0] if self.single else tuple(xs)), np.concatenate(ys)
+
     def map(self, fn: Callable[..., object], spill_dir: str | Path | None = None) -> "Examples":
         """A new Examples whose part ``i`` has inputs ``fn(*part_i_inputs)`` and the same
         labels, computed part by part."""

@@ -99,6 +99,20 @@ def test_a_corpus_within_hold_max_is_tokenized_once_and_held():
     assert not isinstance(streamed, list)
     assert list(streamed) == list(streamed) == held
 
+
+def test_a_sample_reads_only_its_rows_from_each_part_and_is_seeded(tmp_path):
+    ex = Examples(tmp_path)
+    ex.add((np.arange(10.0)[:, None], np.arange(10) * 10), np.arange(10))
+    ex.add((np.arange(10.0, 25.0)[:, None], np.arange(10, 25) * 10), np.arange(10, 25))
+    (x, x10), y = ex.sample(6, seed=1)
+    assert len(y) == 6 and len(set(y)) == 6 and np.array_equal(x[:, 0], y)
+    assert np.array_equal(x10, y * 10)                       # the inputs stay paired
+    assert np.array_equal(np.sort(y), y)
+    assert np.array_equal(ex.sample(6, seed=1)[1], y)        # seeded
+    assert not np.array_equal(ex.sample(6, seed=2)[1], y)
+    everything = ex.sample(25, seed=1)
+    assert np.array_equal(everything[1], np.arange(25))      # no more than n: all, in order
+
 def _clean_shard(ids, cat, split):
     products = pd.DataFrame({"id": ids, "category": cat, "split": split, "text": ids,
                              "price": 1.0, "lat": 51.0, "lon": 0.0})

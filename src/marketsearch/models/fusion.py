@@ -231,15 +231,16 @@ def train_fusion_head_streamed(train, val, n_classes: int, cfg: FusionConfig, se
                                ) -> tuple[keras.Model, dict[str, Any]]:
     """``train_fusion_head`` on ``marketsearch.streaming.Examples`` of (image embeddings,
     text embeddings) parts: step 1 streams the training parts through tf.data (a shuffle
-    buffer of ``shuffle_buffer``); the blend of step 2 fits on the validation pairs, held
-    in memory (a split, not the catalogue)."""
+    buffer of ``shuffle_buffer``); early stopping and the blend of step 2 use the validation
+    pairs in memory: all of them, or a seeded sample of ``shuffle_buffer`` when there are
+    more."""
     from marketsearch.streaming import Examples
 
     set_seed(seed)
     start = time.perf_counter()
     x = train.map(_head_inputs, train.spill_dir / "head" if train.spill_dir else None)
     if len(val):
-        val_xy = val.arrays()
+        val_xy = val.sample(shuffle_buffer, seed)
         x_val, y_val = _head_inputs(*val_xy[0]), val_xy[1]
     else:
         x_val, y_val = None, np.zeros(0, np.int32)
