@@ -9,7 +9,7 @@ The sections live in modules of their own, by what they configure:
 
     base.py        ``_Section``, the base of every section (unknown keys are errors)
     data.py        data, validate, clean (with its split)
-    models.py      image_model, text_model, fusion, evaluate, index
+    models.py      image_model, text_model, fusion, price, evaluate, index
     platform.py    mlflow, serving, kfp (``KFP_STAGES``, ``KFP_STAGE_KINDS``), kserve
     monitoring.py  drift, monitoring
     __init__.py    ``Config`` (every section), ``load_config`` and its overrides
@@ -25,8 +25,8 @@ from pydantic import ConfigDict, Field
 
 from .base import _Section
 from .data import CleanConfig, DataConfig, SplitConfig, ValidateConfig
-from .models import (EvaluateConfig, FusionConfig, ImageModelConfig, IndexConfig, SmallCnnConfig,
-                     TextModelConfig, Word2VecConfig)
+from .models import (EvaluateConfig, FusionConfig, ImageModelConfig, IndexConfig, PriceConfig,
+                     SmallCnnConfig, TextModelConfig, Word2VecConfig)
 from .monitoring import DriftConfig, MonitoringConfig
 from .platform import (KFP_STAGE_KINDS, KFP_STAGES, KfpConfig, KfpResources, KServeConfig,
                        MlflowConfig, ServingConfig)
@@ -39,8 +39,9 @@ __all__ = [
     "DEFAULT_CONFIG", "KFP_STAGES", "KFP_STAGE_KINDS", "REPO_ROOT", "CleanConfig", "Config",
     "DataConfig", "DriftConfig", "EvaluateConfig", "FusionConfig", "ImageModelConfig",
     "IndexConfig", "KServeConfig", "KfpConfig", "KfpResources", "MlflowConfig",
-    "MonitoringConfig", "ServingConfig", "SmallCnnConfig", "SplitConfig", "TextModelConfig",
-    "ValidateConfig", "Word2VecConfig", "config_digest", "load_config", "parse_override",
+    "MonitoringConfig", "PriceConfig", "ServingConfig", "SmallCnnConfig", "SplitConfig",
+    "TextModelConfig", "ValidateConfig", "Word2VecConfig", "config_digest", "load_config",
+    "parse_override",
 ]
 
 
@@ -53,6 +54,7 @@ class Config(_Section):
     image_model: ImageModelConfig = ImageModelConfig()
     text_model: TextModelConfig = TextModelConfig()
     fusion: FusionConfig = FusionConfig()
+    price: PriceConfig = PriceConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     index: IndexConfig = IndexConfig()
     mlflow: MlflowConfig = MlflowConfig()

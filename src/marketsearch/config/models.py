@@ -1,10 +1,11 @@
 """The model sections: the photo model (image_model), the text model (text_model), the fusion
-head (fusion), the champion/challenger evaluation (evaluate) and the search index (index)."""
+head (fusion), the price-suggestion head (price), the champion/challenger evaluation
+(evaluate) and the search index (index)."""
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import _Section
 
@@ -109,6 +110,33 @@ class FusionConfig(TrainingRecipe):
     # fitted on the validation embeddings: enough steps to move them by a few units.
     blend_epochs: int = 20
     blend_learning_rate: float = 0.02
+
+
+class PriceConfig(TrainingRecipe):
+    """The price-suggestion head (marketsearch.price): a small MLP from a listing's feature
+    vector (fused embedding, location features, modality-present flags) to log-price
+    quantiles that cannot cross, trained with the pinball loss and early-stopped on the
+    validation loss. Its interval [lowest, highest quantile] is then widened or narrowed by
+    one factor (conformal calibration on the validation split) to cover ``interval_target``
+    of the validation prices."""
+    hidden: int = Field(128, ge=1)
+    dropout: float = 0.1
+    epochs: int = 60
+    patience: int = 8
+    # Increasing, inside (0, 1), with 0.5 (the suggested price) and at least one level on each
+    # side of it; the lowest and highest bound the interval.
+    quantiles: list[float] = [0.1, 0.5, 0.9]
+    # The share of validation prices the calibrated interval covers.
+    interval_target: float = Field(0.8, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _quantiles_around_median(self) -> "PriceConfig":
+        q = self.quantiles
+        if not all(0 < a < 1 for a in q) or any(b <= a for a, b in zip(q, q[1:])):
+            raise ValueError(f"price.quantiles {q} must increase strictly inside (0, 1)")
+        if 0.5 not in q or q[0] == 0.5 or q[-1] == 0.5:
+            raise ValueError(f"price.quantiles {q} must hold 0.5 with a level on each side")
+        return self
 
 
 class EvaluateConfig(_Section):
