@@ -4,7 +4,8 @@ prepare_shard wrote them, and gather_clean's plan (marketsearch.records.CleanPla
 A stage walks the shards one at a time (``parts``), each with its pixels memory-mapped and its
 listings' split taken from the plan (dealt over the whole catalogue), so what it holds is one
 shard, not the catalogue. ``gathered`` concatenates (a split of) the catalogue in id order
-for the work that needs it whole and small: evaluation's test split, a drift sample.
+for the work that needs it whole and small: a drift sample (evaluation reads the test
+split part by part).
 
 Given one CleanData (a test's fixture, the CLI's clean directory) instead of shards, it is
 the catalogue of one shard whose splits are its own.

@@ -1,8 +1,15 @@
 """Evaluate a bundle per photo–listing pair: image-only, text-only and fused models; and its
-search as buyers use it (``search_relevance``)."""
+search as buyers use it (``search_relevance``).
+
+Both take the data as one frame (``evaluate_pairs``, ``search_relevance``) or as parts
+(``evaluate_parts``, ``search_parts``): an iterable of (products, images, pixels) triples, one
+shard each (``images.row`` indexing that part's ``pixels``), read one at a time so that only one
+part's photos are in memory. Over parts they give the same figures as over the parts joined."""
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -18,27 +25,47 @@ SEARCH_MODES = ("image", "text", "both")
 # Listings embedded and searched at a time, so memory stays bounded whatever the test split holds.
 SEARCH_CHUNK = 512
 
+# A part of the evaluated data: (products, images, pixels), ``images.row`` indexing ``pixels``.
+Part = tuple[pd.DataFrame, pd.DataFrame, np.ndarray]
+
 
 def evaluate_pairs(bundle: Bundle, products: pd.DataFrame, images: pd.DataFrame,
                    pixels: np.ndarray) -> dict:
-    """Metrics on every (photo, its listing's text) pair in ``images``.
+    """``evaluate_parts`` of one part: metrics on every (photo, its listing's text) pair in
+    ``images``."""
+    return evaluate_parts(bundle, [(products, images, pixels)])
 
-    Pairs whose category the bundle was not trained on cannot be predicted right: they count
-    as errors (their true class index lies outside the model's columns) and are reported."""
-    texts, px, cats, _ = pair_arrays(products, images, pixels)
+
+def evaluate_parts(bundle: Bundle, parts: Iterable[Part]) -> dict:
+    """Metrics on every (photo, its listing's text) pair in the parts' ``images``.
+
+    The parts are predicted one at a time; what is held across them is each pair's category
+    and its class probabilities per modality (3 x pairs x classes floats), from which the
+    metrics are computed once at the end. Pairs whose category the bundle was not trained on
+    cannot be predicted right: they count as errors (their true class index lies outside the
+    model's columns) and are reported."""
+    cats: list = []
+    probs: dict[str, list[np.ndarray]] = {name: [] for name in MODALITIES}
+    for products, images, pixels in parts:
+        if not len(images):
+            continue
+        texts, px, part_cats, _ = pair_arrays(products, images, pixels)
+        preds = bundle.predict(texts, px)
+        cats.extend(part_cats)
+        for name, p in zip(MODALITIES, (preds.image_probs, preds.text_probs, preds.fused_probs)):
+            probs[name].append(p)
+    if not cats:
+        raise ValueError("no photo–listing pairs to evaluate")
     known = {c: i for i, c in enumerate(bundle.labels)}
     unknown = sorted({c for c in cats if c not in known})
-    if len(texts) == 0:
-        raise ValueError("no photo–listing pairs to evaluate")
-    preds = bundle.predict(texts, px)
     labels = bundle.labels + unknown
-    y = np.array([known.get(c, len(bundle.labels) + unknown.index(c) if c in unknown else -1)
-                  for c in cats])
+    index = {**known, **{c: len(bundle.labels) + i for i, c in enumerate(unknown)}}
+    y = np.array([index[c] for c in cats])
     pad = len(unknown)
-    out: dict = {"n_pairs": len(texts), "unknown_categories": unknown}
-    for name, probs in zip(MODALITIES, (preds.image_probs, preds.text_probs, preds.fused_probs)):
-        probs = np.pad(probs, ((0, 0), (0, pad))) if pad else probs
-        out[name] = classification_metrics(y, probs, labels)
+    out: dict = {"n_pairs": len(cats), "unknown_categories": unknown}
+    for name in MODALITIES:
+        p = np.concatenate(probs.pop(name))
+        out[name] = classification_metrics(y, np.pad(p, ((0, 0), (0, pad))) if pad else p, labels)
     return out
 
 
@@ -51,11 +78,18 @@ def headline(result: dict) -> dict:
 
 def search_relevance(bundle, products: pd.DataFrame, images: pd.DataFrame, pixels: np.ndarray,
                      k: int = 10, chunk_size: int = SEARCH_CHUNK) -> dict:
-    """Search relevance measured as the search is used: every listing in ``products`` is searched
-    for in ``bundle.index`` three ways, as the server answers a query (``SearchEngine.answer``:
-    the fused embedding of ``Bundle.predict`` with per-item presence flags, no location):
+    """``search_parts`` of one part: every listing in ``products`` searched for."""
+    return search_parts(bundle, [(products, images, pixels)], k, chunk_size)
 
-    - ``image``: by its first photo in ``images`` alone (text "" and absent);
+
+def search_parts(bundle, parts: Iterable[Part], k: int = 10,
+                 chunk_size: int = SEARCH_CHUNK) -> dict:
+    """Search relevance measured as the search is used: every listing in the parts' ``products``
+    is searched for in ``bundle.index`` three ways, as the server answers a query
+    (``SearchEngine.answer``: the fused embedding of ``Bundle.predict`` with per-item presence
+    flags, no location):
+
+    - ``image``: by its first photo in its part's ``images`` alone (text "" and absent);
     - ``text``: by its ``text`` column (listing_text of title and description) alone (photo
       all zeros and absent);
     - ``both``: by its text and that photo.
@@ -73,6 +107,10 @@ def search_relevance(bundle, products: pd.DataFrame, images: pd.DataFrame, pixel
     A mode without queries has None for both figures. ``bundle`` needs only ``predict`` and
     ``index`` (a ``marketsearch.index.SearchIndex`` whose metadata has ``category``).
 
+    The parts are read one at a time and searched ``chunk_size`` listings at a time; what is
+    held across them is each query's two figures. Their means are exact sums (``math.fsum``),
+    so they do not depend on how the listings were cut into parts or chunks.
+
     Returns {"k", "n_listings", "image": {...}, "text": {...}, "both": {...}}.
     """
     from tqdm import tqdm
@@ -84,17 +122,39 @@ def search_relevance(bundle, products: pd.DataFrame, images: pd.DataFrame, pixel
         raise ValueError("the bundle's index metadata has no 'category' column: cannot judge "
                          "whether a neighbour is relevant")
     category_of = dict(zip((str(i) for i in index.ids), index.metadata["category"].tolist()))
+    figures: dict[str, list[np.ndarray]] = {m: [] for m in SEARCH_MODES}  # [queries, 2] each
+    n_listings = 0
+    bar = tqdm(desc="evaluate: search relevance", unit="listing", mininterval=2)
+    for products, images, pixels in parts:
+        for n_chunk, chunk_figures in _search_part(bundle, category_of, products, images, pixels,
+                                                   k, chunk_size):
+            for mode in SEARCH_MODES:
+                figures[mode].append(chunk_figures[mode])
+            bar.update(n_chunk)
+        n_listings += len(products)
+    bar.close()
+    out: dict = {"k": int(k), "n_listings": n_listings}
+    for mode in SEARCH_MODES:
+        rows = np.concatenate(figures[mode]) if figures[mode] else np.zeros((0, 2))
+        n = len(rows)
+        out[mode] = {"n_queries": n,
+                     f"precision_at_{k}": math.fsum(rows[:, 0]) / n if n else None,
+                     "top1": math.fsum(rows[:, 1]) / n if n else None}
+    log.info("search relevance of %d listings (%d with a photo), k=%d: %s", n_listings,
+             out["image"]["n_queries"], k, "; ".join(search_lines(out)))
+    return out
+
+
+def _search_part(bundle, category_of: dict, products: pd.DataFrame, images: pd.DataFrame,
+                 pixels: np.ndarray, k: int, chunk_size: int):
+    """Per chunk of ``chunk_size`` of the part's listings: (listings in it, {mode: [queries, 2]
+    array of each query's (precision, top-1)})."""
     ids = products["id"].astype(str).tolist()
     texts = products["text"].fillna("").astype(str).tolist()
     categories = products["category"].tolist()
     first = images.drop_duplicates("product_id")
     photo_row = dict(zip(first["product_id"].astype(str), first["row"].astype(int)))
     blank = np.zeros((0, *pixels.shape[1:]), np.uint8)
-
-    hits = {m: 0.0 for m in SEARCH_MODES}
-    firsts = {m: 0.0 for m in SEARCH_MODES}
-    counts = {m: 0 for m in SEARCH_MODES}
-    bar = tqdm(total=len(ids), desc="evaluate: search relevance", unit="listing", mininterval=2)
     for start in range(0, len(ids), chunk_size):
         chunk = range(start, min(start + chunk_size, len(ids)))
         with_photo = [i for i in chunk if ids[i] in photo_row]
@@ -111,27 +171,14 @@ def search_relevance(bundle, products: pd.DataFrame, images: pd.DataFrame, pixel
                              np.float32)
         embedding = bundle.predict(batch_texts, batch_pixels, has_text, has_image,
                                    per_modality=False).fused_embedding
-        neighbours = index.search(embedding, k + 1)
-        offset = 0
+        neighbours = bundle.index.search(embedding, k + 1)
+        out, offset = {}, 0
         for mode in SEARCH_MODES:
-            for j, i in enumerate(queries[mode]):
-                precision, top1 = _relevance(neighbours[offset + j], ids[i], categories[i],
+            out[mode] = np.array([_relevance(neighbours[offset + j], ids[i], categories[i],
                                              category_of, k)
-                hits[mode] += precision
-                firsts[mode] += top1
-                counts[mode] += 1
+                                  for j, i in enumerate(queries[mode])], np.float64).reshape(-1, 2)
             offset += len(queries[mode])
-        bar.update(len(chunk))
-    bar.close()
-    out: dict = {"k": int(k), "n_listings": len(ids)}
-    for mode in SEARCH_MODES:
-        n = counts[mode]
-        out[mode] = {"n_queries": n,
-                     f"precision_at_{k}": hits[mode] / n if n else None,
-                     "top1": firsts[mode] / n if n else None}
-    log.info("search relevance of %d listings (%d with a photo), k=%d: %s", len(ids),
-             counts["image"], k, "; ".join(search_lines(out)))
-    return out
+        yield len(chunk), out
 
 
 def _relevance(hits: list[tuple[object, float]], query_id: str, category, category_of: dict,

@@ -189,6 +189,32 @@ def test_a_champion_is_not_scored_on_listings_it_learned_from(bundles, tmp_path)
     assert on_unseen["n"] == decision["n_test_pairs"] < headline["n"]
 
 
+def test_the_test_split_read_shard_by_shard_scores_as_the_split_whole(bundles, tmp_path):
+    """evaluate over three clean shards (each one's ``row`` indexing its own pixels) gives the
+    figures, the champion's and the decision of evaluate over the same data as one CleanData;
+    the champion learned from some test listings, so every pass over the shards is made."""
+    from marketsearch.catalogue import CleanCatalogue
+    from marketsearch.components.evaluate import evaluate
+    from marketsearch.records import CleanData
+
+    b = bundles
+    data = CleanData.load(b.clean)
+    test_ids = sorted(data.products.loc[data.products["split"] == "test", "id"])
+    learned = sorted(data.products.loc[data.products["split"] != "test", "id"])
+    champion = _with_seen(b.medium, tmp_path / "champion", learned + test_ids[::3])
+    whole = evaluate(b.cfg, data, b.strong, champion_dir=champion, register=False)
+    ids = data.products["id"].tolist()
+    shards = [CleanCatalogue.of(data).gathered(ids=set(ids[i::3])) for i in range(3)]
+    assert all(len(s.images.query("split == 'test'")) for s in shards)
+    parted = evaluate(b.cfg, shards, b.strong, champion_dir=champion, register=False)
+
+    assert 0 < whole.decision.n_seen_by_champion < whole.result["n_pairs"]
+    assert whole.champion["n_pairs"] == whole.decision.n_test_pairs
+    assert parted.result == whole.result
+    assert parted.champion == whole.champion
+    assert vars(parted.decision) == vars(whole.decision)
+
+
 def test_a_champion_that_saw_every_test_listing_is_kept_with_the_reason(bundles, tmp_path):
     from marketsearch.records import CleanData
     b = bundles

@@ -1,5 +1,5 @@
 """search_relevance: precision@k and top-1 of the search by photo, by text and by both, on an
-index of hand-placed vectors where every figure is known.
+index of hand-placed vectors where every figure is known; search_parts: the same over parts.
 
 The stand-in bundle has what ``search_relevance`` uses: ``index`` (a real ``SearchIndex``) and
 ``predict``, which returns a chosen fused embedding per query (recognised by its text and by
@@ -31,7 +31,7 @@ import pandas as pd
 import pytest
 
 from marketsearch.config import EvaluateConfig, IndexConfig
-from marketsearch.evaluation import (SEARCH_MODES, search_lines, search_metrics,
+from marketsearch.evaluation import (SEARCH_MODES, search_lines, search_metrics, search_parts,
                                      search_relevance)
 from marketsearch.index import SearchIndex
 
@@ -148,6 +148,21 @@ def test_photoless_listings_count_only_for_text(listings):
 def test_chunks_give_the_same_figures(listings):
     assert (search_relevance(StandIn(), *listings, k=10, chunk_size=1)
             == search_relevance(StandIn(), *listings, k=10))
+
+
+def test_parts_give_the_figures_of_the_listings_whole(listings):
+    """Q's part first, then P's, whose pixels hold its photos the other way round (``row``
+    indexes the part's own pixels): the hand-computed figures of the whole, every query once."""
+    products, images, pixels = listings
+    q_part = (products[products["id"] == "Q"], images.iloc[0:0],
+              np.zeros((0, PHOTO_SIZE, PHOTO_SIZE, 3), np.uint8))
+    p_part = (products[products["id"] == "P"], images.assign(row=[1, 0]), pixels[::-1])
+    bundle = StandIn()
+    result = search_parts(bundle, iter([q_part, p_part]), k=10)
+    assert result == search_relevance(StandIn(), *listings, k=10)
+    assert result["n_listings"] == 2 and result["image"] == {
+        "n_queries": 1, "precision_at_10": pytest.approx(0.3), "top1": 0.0}
+    assert len(bundle.queries) == 4
 
 
 def test_metrics_and_lines_name_every_mode(listings):
