@@ -1,7 +1,9 @@
-"""train_fusion: image + text embeddings concatenated into a trained head -> the served model.
+"""train_fusion: image + text embeddings concatenated into a trained head -> the served model,
+then the price head on its fused embeddings (marketsearch.pricing).
 
 The output is the model part of the bundle (see marketsearch.bundle): both single-modality
-models, the assembled fused model, the vocabulary and the preprocessing metadata.
+models, the assembled fused model, the price head and its baselines, the vocabulary and the
+preprocessing metadata.
 """
 
 import json
@@ -30,13 +32,14 @@ def train_fusion(cfg: Config, clean_data, image: TrainedModel, text: TrainedMode
     import tempfile
 
     import marketsearch.models  # noqa: F401  custom layers
-    from marketsearch.bundle import META
+    from marketsearch.bundle import META, Bundle
     from marketsearch.catalogue import CleanCatalogue
     from marketsearch.feature_cache import FeatureCache
     from marketsearch.models.fusion import (assemble_fused_model, embedding_model,
                                             train_fusion_head_streamed)
     from marketsearch.models.image import features_model, head_from_features
     from marketsearch.models.text import text_input_kind
+    from marketsearch.pricing import train_price
     from marketsearch.streaming import Examples
     from marketsearch.tracking import training_summary
 
@@ -78,8 +81,14 @@ def train_fusion(cfg: Config, clean_data, image: TrainedModel, text: TrainedMode
             "max_len": max_len, "image_backbone": cfg.image_model.backbone,
             "text_encoder": cfg.text_model.encoder, "embedding_dim": cfg.fusion.embedding_dim}
     (out_dir / META).write_text(json.dumps(meta, indent=2))
+    # the price head learns from the fused embeddings as the server computes them
+    part = Bundle(out_dir)
+    part.feature_cache = cache
+    priced = train_price(cfg, catalogue, part, out_dir)
+    history["price"] = priced["price_history"]
     result = {**training_summary(history, n_train=n_train, n_val=n_val),
-              **cache.stats.as_dict(), "fusion_choice": history.get("choice", "blend")}
+              **cache.stats.as_dict(), "fusion_choice": history.get("choice", "blend"),
+              **{f"price_{k}": v for k, v in priced["price"].items()}}
     log.info("train_fusion: %s", result)
     return TrainedModel.write(out_dir, "fusion", labels, history, result, vocab=vocab)
 

@@ -29,6 +29,7 @@ TINY = {
     "image_model": {"epochs": 2, "batch_size": 32, "input_size": 64},
     "text_model": {"epochs": 3, "max_len": 48, "word2vec": {"epochs": 2}},
     "fusion": {"epochs": 3},
+    "price": {"epochs": 3, "hidden": 16},
 }
 
 

@@ -5,6 +5,8 @@
     text.keras     text-only model            (token ids or strings -> probs)
     fused.keras    the served model           (photo, text, presence flags -> probs, fused_embedding)
     vocab.json     token -> id (word2vec text model)
+    price.keras    the price head (fused embedding, location, flags -> log-price quantiles) and
+    price_baselines.json  the baselines trained beside it (marketsearch.pricing; optional)
     index/         FAISS index of the catalogue's fused embeddings + id map + listing metadata
     thumbnails.parquet  product_id -> JPEG of the listing's first photo (search page; optional)
     seen_ids.json  ids of the listings the models learned from (train and val splits), so a later
@@ -31,7 +33,8 @@ from marketsearch.records.base import Record
 META = "meta.json"
 THUMBNAILS_FILE = "thumbnails.parquet"
 SEEN_FILE = "seen_ids.json"
-MODEL_FILES = ("image.keras", "text.keras", "fused.keras", "vocab.json", META)
+MODEL_FILES = ("image.keras", "text.keras", "fused.keras", "vocab.json", META, "price.keras",
+               "price_baselines.json")
 BUILD_FILE = "build.json"
 
 
@@ -48,6 +51,7 @@ class Bundle(Record):
 
     FILES = {"meta.json": "labels, image size, text input, provenance",
              "image.keras, text.keras, fused.keras, vocab.json": "the models",
+             "price.keras, price_baselines.json": "the price head and its baselines",
              "index/": "FAISS index, id map, listing metadata",
              "thumbnails.parquet": "a JPEG per listing", SEEN_FILE: "ids the models learned from",
              "reference/": "the drift reference", BUILD_FILE: "build_index's figures",
@@ -89,6 +93,17 @@ class Bundle(Record):
                                  f"classes ({name}) but {META} names {len(self.labels)} labels; "
                                  "refusing it")
         return model
+
+    @cached_property
+    def price_model(self):
+        """The price head (``marketsearch.pricing``), or None for a bundle without one."""
+        from marketsearch.pricing import PRICE_FILE
+
+        if not (self.root / PRICE_FILE).exists():
+            return None
+        import marketsearch.price  # noqa: F401  registers the head's layers
+
+        return self._load(PRICE_FILE)
 
     @cached_property
     def vocab(self) -> dict[str, int]:
@@ -255,6 +270,37 @@ class Bundle(Record):
         return Predictions(out.get("image_probs") if pixels is not None else None,
                            out.get("text_probs") if texts is not None else None,
                            out["probs"], out["fused_embedding"])
+
+    @cached_property
+    def price_baselines(self) -> dict | None:
+        """The price baselines (``marketsearch.pricing.load_baselines``); the head reads the
+        TF-IDF ridge's price of a request's text."""
+        from marketsearch.pricing import load_baselines
+
+        return load_baselines(self.root)
+
+    def price(self, fused_embedding: np.ndarray, texts, has_text, has_image, lat=None,
+              lon=None) -> np.ndarray | None:
+        """Suggested prices of N items from their fused embeddings (``predict``), texts (""
+        for none), presence flags and coordinates (None or NaN: unknown): float32 [N, 3] of
+        (estimate, low, high) in GBP, the interval the calibrated 80% one; None for a bundle
+        without a price head."""
+        import tensorflow as tf
+
+        from marketsearch.price import from_log_quantiles
+        from marketsearch.pricing import features, ridge_log_price
+
+        head = self.price_model
+        if head is None:
+            return None
+        n = len(fused_embedding)
+        texts = [t or "" for t in texts]
+        lat = np.full(n, np.nan) if lat is None else np.asarray(lat, np.float64)
+        lon = np.full(n, np.nan) if lon is None else np.asarray(lon, np.float64)
+        x = features(fused_embedding, texts, lat, lon, has_text, has_image,
+                     ridge_log_price(self.price_baselines["tfidf_ridge"], texts))
+        forward = self._traced("_fn_price", head, tf.TensorSpec((None, x.shape[1]), tf.float32))
+        return np.stack(from_log_quantiles(head, forward(x).numpy()), axis=1).astype(np.float32)
 
     # --- the record ----------------------------------------------------------------------------
     @classmethod

@@ -557,7 +557,12 @@ def fit_price_head(head: keras.Model, x_train, logp_train, x_val, logp_val, cfg:
 def predict_price(head: keras.Model, x) -> Estimates:
     """(estimate, low, high) in £: exp of the head's median and of its lowest and highest
     quantile, the interval as calibrated (the head holds its ``interval_scale``)."""
-    quantiles = _log_quantiles(head, np.asarray(x, dtype=np.float32))
+    return from_log_quantiles(head, _log_quantiles(head, np.asarray(x, dtype=np.float32)))
+
+
+def from_log_quantiles(head: keras.Model, quantiles) -> Estimates:
+    """(estimate, low, high) in £ from the head's output (however it was run)."""
+    quantiles = np.asarray(quantiles, dtype=np.float64)
     median = head.get_layer(QUANTILES_LAYER).median
     return np.exp(quantiles[:, median]), np.exp(quantiles[:, 0]), np.exp(quantiles[:, -1])
 

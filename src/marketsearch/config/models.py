@@ -128,6 +128,13 @@ class PriceConfig(TrainingRecipe):
     quantiles: list[float] = [0.1, 0.5, 0.9]
     # The share of validation prices the calibrated interval covers.
     interval_target: float = Field(0.8, gt=0, lt=1)
+    # Listings (each up to 3 rows: text and photo, text, photo) the head and the baselines
+    # learn from, and as many validation listings: a seeded sample past this, so training
+    # holds at most ~3 x this many rows of (embedding dim + 9) floats whatever the catalogue.
+    max_train_listings: int = Field(200_000, ge=1)
+    # The TF-IDF ridge's log-price is one of the head's inputs; for the training rows it comes
+    # from a ridge fitted on the other folds (out-of-fold), so it is as wrong as at serving.
+    ridge_folds: int = Field(5, ge=2)
 
     @model_validator(mode="after")
     def _quantiles_around_median(self) -> "PriceConfig":

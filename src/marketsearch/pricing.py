@@ -1,0 +1,226 @@
+"""The bundle's price part: trained by train_fusion after the fused model, scored by evaluate,
+answered by the server (``Bundle.price``). The models are ``marketsearch.price``'s.
+
+Files in the model part, so in the bundle::
+
+    price.keras           the price head: fused embedding, location, modality flags ->
+                          log-price quantiles (10/50/90%), its 80% interval calibrated
+    price_baselines.json  the two baselines trained in the same run, scored beside the head
+                          by evaluate: the root category's median, a TF-IDF ridge regression
+
+A listing's price features are what the server computes for a request (``features``): the
+fused embedding of ``Bundle.predict``, ``location_features`` of its coordinates, the two
+presence flags, and two from the text: the TF-IDF ridge's log-price (the baseline, stacked;
+out-of-fold for the training rows, so the head does not learn to trust a ridge that has seen
+their prices) and the first "£amount" the seller wrote, when there is one (a fifth of the
+listings state their price). Each listing with a price gives a row per way a seller may ask
+(``MODES``): with text and its first photo, with text only, with the photo only (a listing
+without a photo: text only). The head so learns a price for every kind of request, and how
+much less sure it is with one modality (a wider interval).
+
+Training holds its rows in memory: at most ``price.max_train_listings`` sampled listings (and
+as many for validation) whatever the catalogue's size; the rows are built shard by shard.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+PRICE_FILE = "price.keras"
+BASELINES_FILE = "price_baselines.json"
+# how a seller may ask: (has text, has photo)
+MODES = {"both": (1.0, 1.0), "text": (1.0, 0.0), "image": (0.0, 1.0)}
+CHUNK = 1024          # listings embedded at a time (their first photos' pixels in memory)
+
+
+def features(embedding: np.ndarray, texts, lat, lon, has_text, has_image,
+             text_log_price) -> np.ndarray:
+    """The head's input rows, float32 [N, embedding dim + 9]: the fused embedding,
+    ``location_features``, the text and photo flags, the ridge's log-price of the text
+    (``text_log_price``) and the first price written in it (log, and a flag), both zero
+    without text."""
+    from marketsearch.price import location_features
+
+    n = len(embedding)
+    has_text = np.broadcast_to(np.asarray(has_text, np.float32), n)
+    has_image = np.broadcast_to(np.asarray(has_image, np.float32), n)
+    written = np.array([mentioned_log_price(t) for t in texts], np.float32).reshape(n, 2)
+    text = np.column_stack([np.asarray(text_log_price, np.float32), np.ones(n, np.float32),
+                            written]) * has_text[:, None]
+    return np.concatenate([np.asarray(embedding, np.float32), location_features(lat, lon),
+                           np.stack([has_text, has_image], axis=1), text],
+                          axis=1).astype(np.float32)
+
+
+_POUNDS = re.compile(r"£\s?(\d[\d,]*(?:\.\d+)?)")
+
+
+def mentioned_log_price(text: str | None) -> tuple[float, float]:
+    """(log of the first positive "£amount" in ``text``, 1), or (0, 0) when it names none."""
+    for amount in _POUNDS.findall(text or ""):
+        value = float(amount.replace(",", ""))
+        if value > 0:
+            return math.log(value), 1.0
+    return 0.0, 0.0
+
+
+def priced(products: pd.DataFrame) -> pd.DataFrame:
+    """The listings with a usable asking price (positive, finite): the others (free items,
+    "price on request") are neither learned from nor scored."""
+    price = pd.to_numeric(products["price"], errors="coerce")
+    return products[np.isfinite(price) & (price > 0)]
+
+
+def listing_rows(bundle, part, ids: set | None = None) -> dict[str, np.ndarray]:
+    """One clean shard's priced listings (only ``ids``, when given), a row per mode each
+    listing can be asked in: {"embedding", "text" ("" where the mode has none), "lat", "lon",
+    "has_text", "has_image", "log_price", "mode", "id"}; ``features`` makes the head's rows."""
+    products = priced(part.products)
+    if ids is not None:
+        products = products[products["id"].isin(ids)]
+    first = part.images.drop_duplicates("product_id").set_index("product_id")["row"]
+    rows: dict[str, list] = {}
+    for start in range(0, len(products), CHUNK):
+        chunk = products.iloc[start:start + CHUNK]
+        photo_rows = chunk["id"].map(first)
+        with_photo = photo_rows.notna().to_numpy()
+        pixels = None
+        if with_photo.any():
+            photos = np.asarray(part.pixels[photo_rows[with_photo].astype(int).to_numpy()])
+            pixels = np.zeros((len(chunk), *photos.shape[1:]), np.uint8)
+            pixels[with_photo] = photos
+        for mode, (has_text, has_image) in MODES.items():
+            keep = with_photo if has_image else np.ones(len(chunk), bool)
+            if not keep.any():
+                continue
+            n = int(keep.sum())
+            # as the server asks: "" for no text, no pixels for no photo
+            texts = [t if has_text else "" for t in chunk["text"][keep]]
+            pred = bundle.predict(texts, pixels[keep] if has_image else None,
+                                  np.full(n, has_text, np.float32),
+                                  np.full(n, has_image, np.float32), per_modality=False)
+            for key, value in (("embedding", pred.fused_embedding), ("text", texts),
+                               ("lat", chunk["lat"].to_numpy(np.float64)[keep]),
+                               ("lon", chunk["lon"].to_numpy(np.float64)[keep]),
+                               ("has_text", np.full(n, has_text, np.float32)),
+                               ("has_image", np.full(n, has_image, np.float32)),
+                               ("log_price", np.log(chunk["price"].to_numpy(np.float64)[keep])),
+                               ("mode", [mode] * n), ("id", chunk["id"][keep].tolist())):
+                rows.setdefault(key, []).append(np.asarray(value, dtype=object if key in (
+                    "text", "mode", "id") else None))
+    return {key: np.concatenate(values) for key, values in rows.items()}
+
+
+def _rows(bundle, catalogue, split: str, ids: set | None) -> dict[str, np.ndarray]:
+    parts = [rows for part in catalogue.parts(split)
+             if (rows := listing_rows(bundle, part, ids))]
+    if not parts:
+        raise ValueError(f"no priced listings in the {split} split to train the price head on")
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def _head_input(rows: dict, text_log_price) -> np.ndarray:
+    return features(rows["embedding"], rows["text"], rows["lat"], rows["lon"], rows["has_text"],
+                    rows["has_image"], text_log_price)
+
+
+def ridge_log_price(ridge, texts) -> np.ndarray:
+    """The ridge's log-price of each text (0 for "": the caller's flag says there is none)."""
+    texts = list(texts)
+    out = np.zeros(len(texts))
+    said = [i for i, t in enumerate(texts) if t]
+    if said:
+        out[said] = np.log(ridge.predict([texts[i] for i in said])[0])
+    return out
+
+
+def _out_of_fold(train: pd.DataFrame, folds: int, seed: int) -> dict:
+    """listing id -> the log-price a ridge fitted without that listing's fold gives it."""
+    from marketsearch.price import TfidfRidge
+
+    fold = np.random.default_rng(seed).permutation(len(train)) % folds
+    out = {}
+    for f in range(folds):
+        ridge = TfidfRidge(seed=seed).fit(train["text"][fold != f].tolist(),
+                                          train["price"][fold != f].to_numpy())
+        held = train[fold == f]
+        out.update(zip(held["id"], ridge_log_price(ridge, held["text"])))
+    return out
+
+
+def _sample(catalogue, split: str, n: int, seed: int) -> set | None:
+    """A seeded sample of at most ``n`` of the split's priced listing ids (None: all)."""
+    listings = priced(catalogue.plan.listings)
+    ids = listings.loc[listings["split"] == split, "id"]
+    return None if len(ids) <= n else set(ids.sample(n, random_state=seed))
+
+
+def train_price(cfg, catalogue, bundle, out_dir: str | Path) -> dict[str, Any]:
+    """Train the two baselines and the price head on the fused embeddings of ``bundle`` (the
+    model part just assembled); write ``PRICE_FILE`` and ``BASELINES_FILE`` into ``out_dir``.
+    Returns {"price": the training figures (rows, epochs, the interval's calibration, the
+    validation MdAPE of the head on text-and-photo rows and of each baseline),
+    "price_history": the head's curves}."""
+    from marketsearch.price import (CategoryMedian, TfidfRidge, build_price_head,
+                                    fit_price_head, predict_price, price_metrics)
+
+    pcfg, seed = cfg.price, cfg.seed
+    samples = {split: _sample(catalogue, split, pcfg.max_train_listings, seed)
+               for split in ("train", "val")}
+    listings = {}
+    for split in ("train", "val"):
+        frame = pd.concat([priced(p) for p in catalogue.listing_parts(
+            split, ["text", "category", "price"])], ignore_index=True)
+        listings[split] = frame if samples[split] is None else \
+            frame[frame["id"].isin(samples[split])].reset_index(drop=True)
+    train = listings["train"]
+    baselines = {"category_median": CategoryMedian().fit(train["category"].tolist(),
+                                                         train["price"].to_numpy()),
+                 "tfidf_ridge": TfidfRidge(seed=seed).fit(train["text"].tolist(),
+                                                          train["price"].to_numpy())}
+    (Path(out_dir) / BASELINES_FILE).write_text(json.dumps(
+        {name: model.to_dict() for name, model in baselines.items()}))
+
+    rows = {split: _rows(bundle, catalogue, split, samples[split]) for split in ("train", "val")}
+    oof = _out_of_fold(train, pcfg.ridge_folds, seed)
+    x = _head_input(rows["train"], [oof[i] for i in rows["train"]["id"]])
+    x_val = _head_input(rows["val"], ridge_log_price(baselines["tfidf_ridge"], rows["val"]["text"]))
+    head = build_price_head(x.shape[1], pcfg, seed=seed)
+    history = fit_price_head(head, x, rows["train"]["log_price"], x_val, rows["val"]["log_price"],
+                             pcfg, seed)
+    head.save(Path(out_dir) / PRICE_FILE)
+
+    both = rows["val"]["mode"] == "both"
+    figures = {"rows": len(x), "val_rows": len(x_val),
+               "val_mdape": price_metrics(np.exp(rows["val"]["log_price"][both]),
+                                          *predict_price(head, x_val[both]))["mdape"],
+               **{k: history[k] for k in ("best_epoch", "epochs_run", "interval_scale",
+                                          "coverage_before", "coverage", "seconds")}}
+    val = listings["val"]
+    for name, model in baselines.items():
+        inputs = val["category"] if name == "category_median" else val["text"]
+        figures[f"val_mdape_{name}"] = price_metrics(
+            val["price"].to_numpy(), *model.predict(inputs.tolist()))["mdape"]
+    log.info("price head: %s", figures)
+    return {"price": figures, "price_history": history}
+
+
+def load_baselines(bundle_dir: str | Path) -> dict | None:
+    """The baselines saved beside a bundle's price head (None: a bundle without them)."""
+    from marketsearch.price import CategoryMedian, TfidfRidge
+
+    path = Path(bundle_dir) / BASELINES_FILE
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    return {"category_median": CategoryMedian.from_dict(state["category_median"]),
+            "tfidf_ridge": TfidfRidge.from_dict(state["tfidf_ridge"])}

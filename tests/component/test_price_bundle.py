@@ -1,0 +1,66 @@
+"""The price head as train_fusion trains it into the model part and the bundle carries it: on
+the fixture, every kind of request (text and photo, text only, photo only) gets a price whose
+interval holds the estimate, and the baselines trained beside it load back."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from marketsearch.bundle import Bundle
+from marketsearch.pricing import BASELINES_FILE, PRICE_FILE, load_baselines
+from tests.support import train_tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_tiny_bundle(tmp_path_factory.mktemp("price"))
+
+
+def test_train_fusion_trains_the_price_head_and_its_baselines_into_the_bundle(trained):
+    cfg, _, bundle_dir = trained
+    for name in (PRICE_FILE, BASELINES_FILE):
+        assert (bundle_dir / name).exists(), f"{name} did not reach the bundle"
+    result = json.loads((bundle_dir.parent / "fused" / "result.json").read_text())
+    assert result["price_rows"] > result["price_val_rows"] > 0
+    assert 0.0 <= result["price_coverage"] <= 1.0 and result["price_interval_scale"] > 0
+    baselines = load_baselines(bundle_dir)
+    estimate, low, high = baselines["tfidf_ridge"].predict(["mountain bike 21 gears"])
+    assert low[0] <= estimate[0] <= high[0] and estimate[0] > 0
+
+
+def test_every_kind_of_request_gets_a_price_inside_its_interval(trained):
+    cfg, _, bundle_dir = trained
+    bundle = Bundle(bundle_dir)
+    rng = np.random.default_rng(0)
+    photos = rng.integers(0, 255, (3, bundle.image_size, bundle.image_size, 3), np.uint8)
+    texts = ["oak dining table and four chairs", "", "childrens bike"]
+    has_text = np.array([1, 0, 1], np.float32)
+    has_image = np.array([1, 1, 0], np.float32)          # both, photo only, text only
+    pred = bundle.predict(texts, photos, has_text, has_image, per_modality=False)
+    prices = bundle.price(pred.fused_embedding, texts, has_text, has_image,
+                          lat=[51.5, np.nan, 53.4], lon=[-0.12, np.nan, -2.2])
+    assert prices.shape == (3, 3) and prices.dtype == np.float32
+    assert np.isfinite(prices).all() and (prices > 0).all()
+    estimate, low, high = prices.T
+    assert (low <= estimate).all() and (estimate <= high).all() and (low < high).all()
+    # a price the seller wrote is read: naming one moves the estimate towards it
+    named = bundle.price(pred.fused_embedding[2:], ["childrens bike £900"], has_text[2:],
+                         has_image[2:], lat=[53.4], lon=[-2.2])
+    assert named[0, 0] > prices[2, 0]
+    # the location is an input: moving the listing moves its price
+    moved = bundle.price(pred.fused_embedding, texts, has_text, has_image,
+                         lat=[57.1, np.nan, 50.4], lon=[-2.1, np.nan, -4.1])
+    assert not np.allclose(moved, prices)
+
+
+def test_a_bundle_without_a_price_head_answers_none(trained, tmp_path):
+    import shutil
+
+    _, _, bundle_dir = trained
+    old = shutil.copytree(bundle_dir, tmp_path / "old")
+    (old / PRICE_FILE).unlink()
+    (old / BASELINES_FILE).unlink()
+    assert Bundle(old).price(np.zeros((1, 4), np.float32), ["a sofa"], [1.0], [0.0]) is None
+    assert load_baselines(old) is None
