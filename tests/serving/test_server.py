@@ -73,6 +73,11 @@ def test_v1_fused_text_and_photo_only_requests(server, raw_listings, bundle_dir)
         assert scores == sorted(scores, reverse=True)
         assert all(n["distance_km"] is None for n in p["neighbors"])
         assert "embedding" not in p
+        # every kind of request, a photo alone too, gets a suggested price in GBP
+        price = p["price"]
+        assert price["currency"] == "GBP" and set(price) == {"estimate", "low", "high",
+                                                             "currency"}
+        assert 0 < price["low"] <= price["estimate"] <= price["high"]
     # the listing itself (its own text and photo) is its nearest neighbour
     assert preds[0]["neighbors"][0]["product_id"] == row["id"]
     assert preds[0]["neighbors"][0]["similarity"] > 0.99
@@ -136,6 +141,10 @@ def test_v2_carries_the_same_answers_as_v1(server, raw_listings):
         np.testing.assert_allclose(s, [p["scores"][c] for c in labels], atol=1e-5)
     assert out["embedding"]["shape"][0] == 2
     assert all(d == -1.0 for d in out["neighbor_distance_km"]["data"])
+    assert out["price"]["shape"] == [2, 3] and out["price"]["datatype"] == "FP32"
+    prices = np.array(out["price"]["data"]).reshape(2, 3)
+    np.testing.assert_allclose(prices, [[p["price"][k] for k in ("estimate", "low", "high")]
+                                        for p in body1["predictions"]], rtol=1e-3, atol=0.01)
 
 
 # --------------------------------------------------------------------------- bad requests

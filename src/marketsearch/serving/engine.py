@@ -12,6 +12,10 @@ benchmarks, so all three answer a query the same way:
    the query has a location (``SearchIndex.search_near``)::
 
        score = similarity - distance_weight * min(distance_km / distance_radius_km, 1)
+
+4. the suggested price comes from the bundle's price head (``Bundle.price``) on the same
+   fused embedding, the text, the presence flags and the query's location (bundles made
+   before the price head answer without a price).
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # Metadata columns a neighbour carries besides the contract's product_id/score/distance_km.
 NEIGHBOR_FIELDS = ("title", "price", "category", "location")
+CURRENCY = "GBP"
 
 
 @dataclass
@@ -40,10 +45,14 @@ class Answer:
     neighbors: list[dict]
     embedding: np.ndarray = field(repr=False)
     return_embedding: bool = False
+    price: np.ndarray | None = None     # (estimate, low, high) in GBP
 
     def to_v1(self) -> dict:
         out = {"category": self.category, "scores": self.scores, "modality": self.modality,
                "neighbors": self.neighbors}
+        if self.price is not None:
+            estimate, low, high = (round(float(v), 2) for v in self.price)
+            out["price"] = {"estimate": estimate, "low": low, "high": high, "currency": CURRENCY}
         if self.return_embedding:
             out["embedding"] = [float(v) for v in self.embedding]
         return out
@@ -115,6 +124,9 @@ class SearchEngine:
         has_text = np.array([q.text is not None for q in queries], np.float32)
         has_image = np.array([q.pixels is not None for q in queries], np.float32)
         pred = self.bundle.predict(texts, pixels, has_text, has_image, per_modality=True)
+        prices = self.bundle.price(pred.fused_embedding, texts, has_text, has_image,
+                                   [np.nan if q.lat is None else q.lat for q in queries],
+                                   [np.nan if q.lon is None else q.lon for q in queries])
         probs_of = {"fused": pred.fused_probs, "text": pred.text_probs, "image": pred.image_probs}
         answers = []
         for i, q in enumerate(queries):
@@ -125,7 +137,8 @@ class SearchEngine:
                 modality=q.modality,
                 neighbors=self.neighbors(pred.fused_embedding[i], q.k, q.lat, q.lon),
                 embedding=pred.fused_embedding[i],
-                return_embedding=q.return_embedding))
+                return_embedding=q.return_embedding,
+                price=None if prices is None else prices[i]))
         return answers
 
     def neighbors(self, vector: np.ndarray, k: int, lat: float | None = None,

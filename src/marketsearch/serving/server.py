@@ -225,6 +225,9 @@ class MarketsearchModel(kserve.Model):
             InferOutput("embedding", [n, len(answers[0].embedding)], "FP32",
                         np.stack([a.embedding for a in answers]).reshape(-1).tolist()),
         ]
+        if answers[0].price is not None:     # (estimate, low, high) in GBP per row
+            outputs.append(InferOutput("price", [n, 3], "FP32", np.stack(
+                [a.price for a in answers]).astype(np.float32).reshape(-1).tolist()))
         return InferResponse(response_id=request.id or "", model_name=self.name,
                              infer_outputs=outputs)
 
