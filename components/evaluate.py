@@ -31,7 +31,7 @@ from marketsearch.steps import step
 log = logging.getLogger(__name__)
 
 
-@step(reads=("evaluate", "image_model", "text_model", "serving"),
+@step(reads=("evaluate", "image_model", "text_model", "serving", "seed"),
       inputs={"clean_data": [CleanShard], "plan": CleanPlan, "bundle": Bundle},
       output=("evaluation", Evaluation), uris={"bundle_uri": "bundle"},
       views={"metrics": "Metrics", "confusion": "ClassificationMetrics", "report": "HTML"},
@@ -90,12 +90,14 @@ def score(cfg: Config, clean, challenger: Bundle, champion_dir
     from marketsearch.evaluation import evaluate_parts, search_parts
     from marketsearch.feature_cache import FeatureCache
     from marketsearch.metrics import compare
+    from marketsearch.pricing import score_prices
 
     catalogue = CleanCatalogue.of(clean)
     challenger.feature_cache = FeatureCache.from_config(cfg)  # photos seen in training: read back
     result = evaluate_parts(challenger, _test_parts(catalogue))
     result["labels"] = challenger.labels
     result["search"] = search_parts(challenger, _test_parts(catalogue), cfg.evaluate.search_k)
+    result["price"] = score_prices(challenger, catalogue.parts("test"), seed=cfg.seed)
     challenger_scores, champion = result["fusion"], None
     fair = {"n_test_pairs": result["n_pairs"], "n_seen_by_champion": 0}
     if champion_dir is not None:
@@ -113,13 +115,31 @@ def score(cfg: Config, clean, challenger: Bundle, champion_dir
             if fair["n_seen_by_champion"]:  # the challenger too, on the pairs neither learned from
                 challenger_scores = evaluate_parts(challenger,
                                                    _test_parts(catalogue, unseen))["fusion"]
+            champion["price"] = score_prices(champion_bundle, catalogue.parts("test"),
+                                             seed=cfg.seed)
     decision = compare(challenger_scores, champion["fusion"] if champion else None,
                        cfg.evaluate.promotion_metric, cfg.evaluate.min_improvement)
     if champion_dir is not None and champion is None:
         decision.update(promote=False, reason=f"all {result['n_pairs']} test pairs are listings "
                         "the champion learned from: nothing to compare on, the champion is kept")
     decision.update(fair)
+    decision["price_warning"] = price_warning(result["price"], champion and champion["price"],
+                                              cfg.evaluate.price_tolerance)
     return result, champion, Decision(**decision)
+
+
+def price_warning(challenger: dict | None, champion: dict | None, tolerance: float) -> str:
+    """Promotion follows classification; a challenger whose suggested prices are clearly worse
+    than the champion's (MdAPE more than ``tolerance`` above it, relatively, on the same test
+    listings) is flagged in the decision. "" when not, or with nothing to compare."""
+    if not challenger or not champion or not challenger.get("models") \
+            or not champion.get("models"):
+        return ""
+    new, old = (x["models"]["model"]["mdape"] for x in (challenger, champion))
+    if new > old * (1 + tolerance):
+        return (f"the challenger's suggested prices are worse: MdAPE {new:.3f} against the "
+                f"champion's {old:.3f} on the same test listings")
+    return ""
 
 
 def _test_parts(catalogue, keep: Callable | None = None) -> Iterator[tuple]:

@@ -224,3 +224,72 @@ def load_baselines(bundle_dir: str | Path) -> dict | None:
     state = json.loads(path.read_text())
     return {"category_median": CategoryMedian.from_dict(state["category_median"]),
             "tfidf_ridge": TfidfRidge.from_dict(state["tfidf_ridge"])}
+
+
+def score_prices(bundle, parts, sample: int = 2000, seed: int = 0) -> dict | None:
+    """The price head and the two baselines on a split's priced listings, read part by part
+    (``parts``: clean shards' CleanData, e.g. ``catalogue.parts("test")``); None for a bundle
+    without a price head. Per listing the head is asked as a seller would ask the server: with
+    its text and first photo, or its text alone when it has none ("model"); "modes" scores
+    each way of asking on the listings that allow it. Holds three floats per listing and
+    model; ``sample`` listings' prices are kept for the plot (``price_figure``)."""
+    from marketsearch.price import price_metrics
+
+    if bundle.price_model is None:
+        return None
+    kept: dict[str, list] = {}
+    for part in parts:
+        rows = listing_rows(bundle, part)
+        if not rows:
+            continue
+        prices = bundle.price(rows["embedding"], rows["text"], rows["has_text"],
+                              rows["has_image"], rows["lat"], rows["lon"])
+        with_photo = set(rows["id"][rows["mode"] == "both"])
+        served = (rows["mode"] == "both") | ((rows["mode"] == "text") &
+                                             ~np.isin(rows["id"], list(with_photo)))
+        listings = priced(part.products).set_index("id").loc[rows["id"][served]]
+        for name, estimates in (
+                ("model", prices[served].T),
+                *((f"mode_{m}", prices[rows["mode"] == m].T) for m in MODES),
+                ("category_median", bundle.price_baselines["category_median"].predict(
+                    listings["category"].tolist())),
+                ("tfidf_ridge", bundle.price_baselines["tfidf_ridge"].predict(
+                    listings["text"].tolist()))):
+            kept.setdefault(name, []).append(np.column_stack(estimates))
+        kept.setdefault("true", []).append(np.exp(rows["log_price"][served]))
+        for m in MODES:
+            kept.setdefault(f"true_{m}", []).append(np.exp(rows["log_price"][rows["mode"] == m]))
+    if not kept:
+        return {"n_listings": 0}
+    arrays = {name: np.concatenate(values) for name, values in kept.items()}
+    true = arrays["true"]
+    out: dict[str, Any] = {"n_listings": int(len(true)), "models": {}, "modes": {}}
+    for name in ("model", "tfidf_ridge", "category_median"):
+        out["models"][name] = price_metrics(true, *arrays[name].T)
+    for m in MODES:
+        if len(arrays[f"true_{m}"]):
+            out["modes"][m] = price_metrics(arrays[f"true_{m}"], *arrays[f"mode_{m}"].T)
+            est, low, high = arrays[f"mode_{m}"].T
+            out["modes"][m]["median_interval_ratio"] = float(np.median(high / low))
+    ridge = out["models"]["tfidf_ridge"]["mdape"]
+    out["mdape_vs_ridge"] = out["models"]["model"]["mdape"] / ridge if ridge else None
+    shown = np.sort(np.random.default_rng(seed).choice(len(true), min(sample, len(true)),
+                                                      replace=False))
+    out["sample"] = {"true": true[shown].tolist(),
+                     **{name: arrays[name][shown].tolist()
+                        for name in ("model", "tfidf_ridge", "category_median")}}
+    return out
+
+
+PLOT_NAMES = {"model": "price head", "tfidf_ridge": "TF-IDF ridge",
+              "category_median": "category median"}
+
+
+def price_figure(result: dict):
+    """``score_prices``' sample, plotted: suggested against listed price per model."""
+    from marketsearch.price import price_plot
+
+    sample = result["sample"]
+    return price_plot(sample["true"], {PLOT_NAMES[name]: tuple(np.asarray(sample[name]).T)
+                                       for name in PLOT_NAMES},
+                      title=f"Test listings, a sample of {len(sample['true']):,}")

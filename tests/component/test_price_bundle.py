@@ -64,3 +64,28 @@ def test_a_bundle_without_a_price_head_answers_none(trained, tmp_path):
     (old / BASELINES_FILE).unlink()
     assert Bundle(old).price(np.zeros((1, 4), np.float32), ["a sofa"], [1.0], [0.0]) is None
     assert load_baselines(old) is None
+
+
+def test_evaluate_scores_the_head_against_both_baselines_on_the_same_listings(trained, tmp_path):
+    from marketsearch.catalogue import CleanCatalogue
+    from marketsearch.components.evaluate import price_warning
+    from marketsearch.pricing import price_figure, priced, score_prices
+    from marketsearch.records import CleanData
+
+    _, clean_dir, bundle_dir = trained
+    catalogue = CleanCatalogue.of(CleanData.load(clean_dir))
+    result = score_prices(Bundle(bundle_dir), catalogue.parts("test"))
+    n = sum(len(priced(p.products)) for p in catalogue.parts("test"))
+    assert result["n_listings"] == n > 0
+    for name in ("model", "tfidf_ridge", "category_median"):
+        figures = result["models"][name]
+        assert figures["n"] == n and 0 <= figures["coverage_80"] <= 1 and figures["mdape"] >= 0
+    assert result["modes"]["text"]["n"] == n                # every listing can be asked by text
+    assert len(result["sample"]["true"]) == n and len(result["sample"]["model"][0]) == 3
+    price_figure(result).savefig(tmp_path / "price.png")
+    assert (tmp_path / "price.png").stat().st_size > 10_000
+    # a challenger clearly worse at prices is flagged; within the tolerance, or alone, it is not
+    worse = {"models": {"model": {"mdape": result["models"]["model"]["mdape"] * 1.5 + 0.1}}}
+    assert "worse" in price_warning(worse, result, tolerance=0.1)
+    assert price_warning(result, result, tolerance=0.1) == ""
+    assert price_warning(worse, None, tolerance=0.1) == ""

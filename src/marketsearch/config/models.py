@@ -150,6 +150,9 @@ class EvaluateConfig(_Section):
     promotion_metric: Literal["accuracy", "macro_f1", "top3_accuracy"] = "accuracy"
     # The challenger must beat the champion by more than this on the same test pairs.
     min_improvement: float = 0.0
+    # Promotion follows classification, but a challenger whose suggested prices' MdAPE is more
+    # than this much (relatively) above the champion's is flagged in the decision.
+    price_tolerance: float = Field(0.1, ge=0)
     # Search relevance (marketsearch.evaluation.search_relevance): each test listing is searched
     # for in the bundle's index by its photo, its text and both, and scored on how many of the
     # search_k listings returned (itself left out) share its root category. Reported only; not

@@ -30,6 +30,7 @@ class Decision(Record):
     champion_version: str = "none"          # the champion it was compared with
     pipeline_run: str = ""
     data_hash: str = ""
+    price_warning: str = ""                 # the suggested prices clearly worse than the champion's
 
     FILES = {"decision.json": "promote or keep, why, both scores, the registered version and "
                               "the champion it was compared with"}
@@ -51,7 +52,8 @@ class Decision(Record):
 
     def headline(self):
         verdict = "PROMOTE" if self.promote else "keep the champion"
-        return f"version {self.version}: {verdict} ({self.reason})"
+        warning = f"; WARNING: {self.price_warning}" if self.price_warning else ""
+        return f"version {self.version}: {verdict} ({self.reason}){warning}"
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Evaluation(Record):
                                 "confusion matrix; search relevance per query mode",
              "champion_evaluation.json": "the champion on the same pairs (when there is one)",
              "confusion_<modality>.png": "the confusion matrices, plotted",
+             "price.png": "suggested against listed price, the head and both baselines",
              **Decision.FILES}
 
     def save(self, directory):
@@ -78,6 +81,10 @@ class Evaluation(Record):
             snapshot.write_json(directory, "champion_evaluation.json", self.champion)
         self.decision.save(directory)
         labels = self.labels + self.result["unknown_categories"]
+        if self.result.get("price", {}).get("sample"):
+            from marketsearch.pricing import price_figure
+
+            price_figure(self.result["price"]).savefig(Path(directory) / "price.png", dpi=110)
         for m in MODALITIES:
             plots.confusion_matrix_png(
                 self.result[m]["confusion_matrix"], labels, Path(directory) / f"confusion_{m}.png",
@@ -100,8 +107,13 @@ class Evaluation(Record):
         from marketsearch.evaluation import search_metrics
 
         head = self.headline_scores()
+        price = self.result.get("price") or {}
         return {"test": {m: head[m] for m in ("image", "text", "fusion")},
                 "search": search_metrics(self.result["search"]) if "search" in self.result else {},
+                "price": {name: {k: v for k, v in figures.items()
+                                 if k != "n" and v is not None}
+                          for name, figures in {**price.get("models", {}), **{
+                              f"mode_{m}": f for m, f in price.get("modes", {}).items()}}.items()},
                 "decision": self.decision.metrics()}
 
     def confusion(self) -> tuple[list[str], list[list[int]]]:
@@ -114,7 +126,8 @@ class Evaluation(Record):
         return f"test accuracy {scores}; {self.decision.headline()}"
 
     def report(self, directory):
-        pngs = sorted(Path(directory).glob("confusion_*.png"))
+        pngs = sorted(Path(directory).glob("confusion_*.png")) + sorted(
+            Path(directory).glob("price.png"))
         summary = {"headline": self.headline_scores(), "decision": asdict(self.decision),
                    "search": self.result.get("search")}
         return Report("Evaluation", pngs, summary)
