@@ -41,12 +41,15 @@ class DriftConfig(_Section):
     # category_mix: chi-square p < alpha AND total variation distance >= this (practical
     # significance: on very large batches every tiny shift is "significant").
     category_min_tvd: float = Field(0.05, ge=0, le=1)
-    # price: PSI over the reference's deciles above this (0.1-0.2 moderate, > 0.2 a real
-    # shift, the credit-scoring convention) AND a KS p-value < alpha (PSI alone false-alarms
-    # on small batches: its chance level is ~(bins - 1) / n); empty bins get psi_epsilon.
-    price_psi_threshold: float = Field(0.2, gt=0)
-    psi_bins: int = Field(10, ge=2)
-    psi_epsilon: float = Field(1e-4, gt=0)
+    # price: KS p < alpha AND the median log-price moved by at least this either way,
+    # |log(batch median / reference median)| over the positive prices (0 turns the floor off):
+    # what the price-suggestion model, a model of log(price), is then off by on every listing.
+    # 0.1 (about 10%) sits at the noise of 500-listing in-distribution batches (|shift| up to
+    # 0.12: round prices, a median of £40 becoming £45) and below the 0.26 of prices x1.3 (5%
+    # of batches under 0.15), so x1.3 and x1.5 are caught about as often as by KS alone (95%
+    # and 100% of 500-listing batches; the check fires on <= 1% of in-distribution ones),
+    # while a batch large enough for KS to flag a few percent does not retrain over it.
+    price_min_log_shift: float = Field(0.1, ge=0)
     # text_length: KS p < alpha AND D >= this (0 turns the floor off).
     text_length_min_ks: float = Field(0.1, ge=0, le=1)
     # photo_brightness: KS on per-photo mean luminance (0.299 R + 0.587 G + 0.114 B, 0-255),

@@ -16,8 +16,8 @@ checks, each a dict ``{"name", "statistic", "threshold", "p_value", "drift", "de
 
     category_mix      chi-square goodness of fit of the batch's root categories against the
                       reference proportions (+ total variation distance as the effect size)
-    price             population stability index over the reference deciles (effect size)
-                      and a two-sample Kolmogorov-Smirnov test (significance)
+    price             two-sample Kolmogorov-Smirnov test (significance) and the shift of
+                      the median log-price (effect size: what a model of log-price is off by)
     text_length       two-sample KS on tokens per listing text
     oov_rate          batch out-of-vocabulary rate minus the reference's
     photo_embedding   MMD (RBF kernel) between photo embeddings, permutation p-value
@@ -38,13 +38,13 @@ The package, by what the code does:
     reference.py  the ``Reference`` dataclass and its files (save, load)
     summary.py    summarising listings: ``summarize``, ``build_reference``,
                   ``current_statistics``, ``write_reference``, ``mean_luminance``
-    checks.py     the statistical checks, one function each (``psi``, ``mmd_test``, ...)
+    checks.py     the statistical checks, one function each (``mmd_test``, ...)
     run.py        ``run_checks`` and ``check_batch``: every configured check on one batch
     report.py     ``summary_markdown`` and ``drift_png``
 """
 from .checks import (CHECKS, P_VALUE_CHECKS, DriftInputError, category_check, embedding_check,
                      median_bandwidth, mmd_test, oov_check, photo_brightness_check, price_check,
-                     psi, text_length_check)
+                     text_length_check)
 from .reference import EMBEDDINGS_FILE, FORMAT_VERSION, REFERENCE_DIR, STATS_FILE, Reference
 from .report import drift_png, summary_markdown
 from .run import check_batch, check_size, per_test_alpha, run_checks
@@ -56,6 +56,6 @@ __all__ = [
     "REFERENCE_DIR", "STATS_FILE", "DriftInputError", "Reference", "build_reference",
     "category_check", "check_batch", "check_size", "current_statistics", "drift_png",
     "embedding_check", "mean_luminance", "median_bandwidth", "mmd_test", "oov_check",
-    "per_test_alpha", "photo_brightness_check", "price_check", "psi", "run_checks",
+    "per_test_alpha", "photo_brightness_check", "price_check", "run_checks",
     "summarize", "summary_markdown", "text_length_check", "write_reference",
 ]

@@ -35,8 +35,9 @@ def summary_markdown(result: Mapping, title: str = "Drift checks") -> str:
     lines += ["", "Thresholds: category_mix, text_length, photo_brightness and the embedding "
               "checks fire when p < the threshold (alpha per test; category_mix, text_length "
               "and photo_brightness also need an effect size above a floor, see the detail); "
-              "price when PSI > its threshold and its KS p-value < alpha per test; oov_rate "
-              "when the rise in OOV rate exceeds its threshold."]
+              "price when its KS p-value < alpha per test and the median log-price moved by at "
+              "least its threshold (the statistic) either way; oov_rate when the rise in OOV "
+              "rate exceeds its threshold."]
     return "\n".join(lines) + "\n"
 
 

@@ -53,8 +53,7 @@ def run_checks(reference: Reference, current: Reference, cfg: DriftConfig,
 
     runners = {
         "category_mix": lambda: category_check(reference, current, alpha, cfg.category_min_tvd),
-        "price": lambda: price_check(reference, current, alpha, cfg.price_psi_threshold,
-                                     cfg.psi_bins, cfg.psi_epsilon),
+        "price": lambda: price_check(reference, current, alpha, cfg.price_min_log_shift),
         "text_length": lambda: text_length_check(reference, current, alpha,
                                                  cfg.text_length_min_ks),
         "oov_rate": lambda: oov_check(reference, current, cfg.oov_max_increase),
