@@ -81,7 +81,9 @@ def train_fusion(cfg: Config, clean_data, image: TrainedModel, text: TrainedMode
             "max_len": max_len, "image_backbone": cfg.image_model.backbone,
             "text_encoder": cfg.text_model.encoder, "embedding_dim": cfg.fusion.embedding_dim}
     (out_dir / META).write_text(json.dumps(meta, indent=2))
-    # the price head learns from the fused embeddings as the server computes them
+    (out_dir / "vocab.json").write_text(json.dumps(vocab or {}))
+    # the price head learns from the fused embeddings as the server computes them (the
+    # bundle's own files: the model part is complete from here, vocabulary included)
     part = Bundle(out_dir)
     part.feature_cache = cache
     priced = train_price(cfg, catalogue, part, out_dir)

@@ -107,8 +107,15 @@ class Bundle(Record):
 
     @cached_property
     def vocab(self) -> dict[str, int]:
+        """token -> id for a text model that takes token ids; {} for one that takes strings.
+        A token model without its vocabulary is refused: every word would read as unknown."""
         path = self.root / "vocab.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        if path.exists():
+            return json.loads(path.read_text())
+        if self.text_input == "tokens":
+            raise FileNotFoundError(f"bundle {self.root}: its text model takes token ids but "
+                                    "vocab.json is missing")
+        return {}
 
     @cached_property
     def index(self):

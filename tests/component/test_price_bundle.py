@@ -25,6 +25,15 @@ def test_train_fusion_trains_the_price_head_and_its_baselines_into_the_bundle(tr
     result = json.loads((bundle_dir.parent / "fused" / "result.json").read_text())
     assert result["price_rows"] > result["price_val_rows"] > 0
     assert 0.0 <= result["price_coverage"] <= 1.0 and result["price_interval_scale"] > 0
+    # the bundle's head answers the validation listings as it did in training (it learned
+    # from the embeddings the served bundle computes, vocabulary and all)
+    from marketsearch.catalogue import CleanCatalogue
+    from marketsearch.pricing import score_prices
+    from marketsearch.records import CleanData
+
+    val = score_prices(Bundle(bundle_dir), CleanCatalogue.of(CleanData.load(
+        bundle_dir.parent / "clean")).parts("val"))
+    assert val["modes"]["both"]["mdape"] == pytest.approx(result["price_val_mdape"], rel=1e-4)
     baselines = load_baselines(bundle_dir)
     estimate, low, high = baselines["tfidf_ridge"].predict(["mountain bike 21 gears"])
     assert low[0] <= estimate[0] <= high[0] and estimate[0] > 0
