@@ -45,8 +45,15 @@ def run_summary(run_dir: Path) -> dict:
         from marketsearch.evaluation import headline
 
         out["test"] = headline(evaluation)
+    if (evaluation.get("price") or {}).get("models"):
+        out["price"] = {name: {k: round(float(v), 3) for k, v in figures.items()
+                               if k in ("mdape", "within_25", "coverage_80") and v is not None}
+                        for name, figures in sorted(evaluation["price"]["models"].items(),
+                                                    key=lambda item: item[0] != "model")}
     if decision:
         out["decision"] = {k: decision.get(k) for k in ("promote", "reason", "version")}
+        if decision.get("price_warning"):
+            out["decision"]["price_warning"] = decision["price_warning"]
     if inputs.get("index"):
         out["index"] = inputs["index"]
     return out
@@ -105,10 +112,16 @@ def print_summary(s: dict, cfg) -> None:
         if isinstance(v, dict):
             print(f"test {m:7s} accuracy {v['accuracy']:.3f}  top-3 {v['top3_accuracy']:.3f}  "
                   f"macro-F1 {v['macro_f1']:.3f}")
+    for name, v in (s.get("price") or {}).items():
+        name = "head" if name == "model" else name.replace("_", " ")
+        print(f"price {name:15s} MdAPE {v['mdape']:.3f}  within 25% {v['within_25']:.3f}  "
+              f"80% interval coverage {v.get('coverage_80', float('nan')):.3f}")
     if s.get("decision"):
         d = s["decision"]
         print(f"model version {d['version']}: {'PROMOTED to champion' if d['promote'] else 'kept'} "
               f"({d['reason']})")
+        if d.get("price_warning"):
+            print(f"WARNING: {d['price_warning']}")
     print(f"MLflow UI: mlflow ui --backend-store-uri {cfg.tracking_uri}")
     print(f"served bundle: {cfg.path(cfg.serving.model_dir)}")
 
