@@ -18,10 +18,13 @@ artifacts do. The source's fingerprint (never cached) lets ingest and all after 
 """
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 from kfp import dsl
+from kfp.compiler import pipeline_spec_builder
+from kfp.dsl import for_loop, pipeline_channel
 
 from marketsearch.config import Config
 from marketsearch.steps.kfp import make_components, pipeline_parameters
@@ -56,13 +59,58 @@ def ingest_snapshot(c: SimpleNamespace, p: dict):
 
 def prepared_shards(c: SimpleNamespace, p: dict, ing, parallelism: int) -> Callable[[], dict]:
     """Each shard of ``ing``'s snapshot validated and cleaned in a task of its own, and their
-    plan gathered; returns what the training subgraph takes: a function giving a stage's
-    clean inputs, the clean shards (their artifacts, dsl.Collected) and the plan."""
+    plan gathered; returns what the training subgraph (and drift_check) takes: a function
+    giving a stage's clean inputs, the clean shards (their artifacts, dsl.Collected) and the
+    plan. A stage under a ``dsl.If`` may take them too (``_collected_into_conditions``)."""
     with dsl.ParallelFor(ing.outputs["Output"], parallelism=parallelism, name="shards") as shard:
         prep = c.prepare_shard(p, raw_snapshot=ing.outputs["raw_snapshot"], shard=shard)
     gathered = c.gather_clean(p, clean_shards=dsl.Collected(prep.outputs["clean_shard"]))
     return lambda: {"clean_data": dsl.Collected(prep.outputs["clean_shard"]),
                     "plan": gathered.outputs["plan"]}
+
+
+def _artifact_lists(channels: list) -> list:
+    """``channels`` with each fan-in of artifacts (dsl.Collected) as the list of artifacts it
+    is."""
+    return [pipeline_channel.PipelineArtifactChannel(c.name, c.channel_type, c.task_name,
+                                                     is_artifact_list=True)
+            if isinstance(c, for_loop.Collected) and c.is_artifact_channel else c
+            for c in channels]
+
+
+@contextmanager
+def _collected_into_conditions() -> Iterator[None]:
+    """While a pipeline is built, let a fan-in of artifacts (dsl.Collected) from a
+    dsl.ParallelFor reach tasks under a dsl.If that does not hold the loop.
+
+    KFP 2.17's compiler declares such a list as a parameter of the condition's sub-DAG and
+    fails ("'NoneType' object cannot be interpreted as an integer"; kubeflow/pipelines#9808,
+    closed unfixed). The monitoring DAG needs exactly that: its training branch, under
+    dsl.If(drift), reads the shards cleaned before the drift check. Here the two builders of
+    a sub-DAG (its component spec and its task) see such a channel as an artifact list
+    (``isArtifactList``), as the compiler already declares the loop's own output and as a
+    task in the same DAG already takes it."""
+    builders = {"build_component_spec_for_group": "input_pipeline_channels",
+                "build_task_spec_for_group": "pipeline_channels"}
+    originals = {name: getattr(pipeline_spec_builder, name) for name in builders}
+
+    def with_artifact_lists(name: str):
+        build, argument = originals[name], builders[name]
+        signature = inspect.signature(build)
+
+        def wrapped(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.arguments[argument] = _artifact_lists(bound.arguments[argument])
+            return build(*bound.args, **bound.kwargs)
+        return wrapped
+
+    for name in builders:
+        setattr(pipeline_spec_builder, name, with_artifact_lists(name))
+    try:
+        yield
+    finally:
+        for name, build in originals.items():
+            setattr(pipeline_spec_builder, name, build)
 
 
 def build_pipeline(cfg: Config, name: str, description: str, body):
@@ -84,7 +132,8 @@ def build_pipeline(cfg: Config, name: str, description: str, body):
 
     dag.__signature__ = signature
     dag.__name__ = name.replace("-", "_")
-    return dsl.pipeline(name=name, description=description)(dag)
+    with _collected_into_conditions():      # dsl.pipeline compiles the DAG here
+        return dsl.pipeline(name=name, description=description)(dag)
 
 
 def build_training_pipeline(cfg: Config):

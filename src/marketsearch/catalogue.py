@@ -132,9 +132,10 @@ class CleanCatalogue:
             if len(products):
                 yield products
 
-    def sample_ids(self, n: int, seed: int) -> set | None:
-        """A seeded sample of ``n`` listing ids (None: the catalogue has no more than ``n``)."""
-        ids = self.plan.listings["id"]
+    def sample_ids(self, n: int, seed: int, ids: pd.Series | None = None) -> set | None:
+        """A seeded sample of ``n`` of ``ids`` (default: every listing's, in id order); None:
+        there are no more than ``n``."""
+        ids = self.plan.listings["id"] if ids is None else ids
         if len(ids) <= n:
             return None
         return set(ids.sample(n, random_state=seed))
@@ -161,10 +162,12 @@ class CleanCatalogue:
 
 
 def plan_of(shards: Sequence[CleanShard | CleanData]) -> CleanPlan:
-    """The plan of shards whose split column stands as it is (no re-deal)."""
-    frames, summary, source = [], {}, {}
+    """The plan of shards whose split column stands as it is (no re-deal), with the rows
+    they refused."""
+    frames, refused, summary, source = [], [], {}, {}
     for shard in shards:
         data = shard.data() if isinstance(shard, CleanShard) else shard
+        refused += list(data.quarantine)
         if len(data.products):
             frames.append(data.products[[c for c in PLAN_COLUMNS if c in data.products]])
         summary = summary or dict(data.summary)
@@ -174,7 +177,7 @@ def plan_of(shards: Sequence[CleanShard | CleanData]) -> CleanPlan:
     listings = (pd.concat(frames, ignore_index=True).sort_values("id", ignore_index=True)
                 if frames else pd.DataFrame(columns=PLAN_COLUMNS))
     summary.setdefault("labels", sorted(listings["category"].unique()))
-    return CleanPlan(listings, [], summary, source)
+    return CleanPlan(listings, refused, summary, source)
 
 
 def in_id_order(parts: list[CleanData]) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:

@@ -137,11 +137,28 @@ def test_the_monitoring_dag_decides_dry_run_at_run_time(tmp_path):
                       pipeline="monitoring") for dry in ("true", "false")]
     for spec in specs:
         tasks = _tasks(spec)
-        # the training branch fans out over the shards behind the drift check
-        assert tasks["prepare-shard"]["condition"] == tasks["gather-clean"]["condition"] == "drifted"
-        assert tasks["train-image"]["condition"] == "drifted"
-        assert tasks["deploy"]["condition"] == "promoted"
+        # one fan-out over the shards, before the drift check; no whole-snapshot validate
+        assert set(tasks) == STAGES | {"drift-check", "close-run"}
+        assert tasks["prepare-shard"]["condition"] == tasks["gather-clean"]["condition"] is None
         assert tasks["drift-check"]["condition"] is None
         assert "monitoring" in tasks["drift-check"]["inputs"]["parameters"]
+        # drift_check reads the gathered clean shards (the loop's fan-in) with the plan
+        shards = "pipelinechannel--prepare-shard-clean_shard"
+        drift = tasks["drift-check"]["inputs"]["artifacts"]
+        assert drift["clean_data"]["taskOutputArtifact"]["outputArtifactKey"] == shards
+        assert drift["plan"]["taskOutputArtifact"] == {"producerTask": "gather-clean",
+                                                       "outputArtifactKey": "plan"}
+        # the training branch, behind it, reads those same shards through its condition
+        assert tasks["train-image"]["condition"] == "drifted"
+        assert tasks["deploy"]["condition"] == "promoted"
+        [drifted] = [c for c in spec["components"].values() if "dag" in c
+                     and "train-image" in c["dag"]["tasks"]]
+        given = drifted["inputDefinitions"]["artifacts"]
+        [(name, definition)] = [(k, v) for k, v in given.items() if k.endswith(shards)]
+        assert definition["isArtifactList"] is True
+        for stage in ("load-db", "train-image", "train-text", "train-fusion", "build-index",
+                      "evaluate"):
+            assert tasks[stage]["inputs"]["artifacts"]["clean_data"] == \
+                {"componentInputArtifact": name}, stage
     strip = lambda s: json.dumps({k: v for k, v in s.items() if k != "root"})  # noqa: E731
     assert strip(specs[0]) == strip(specs[1])  # only the parameters' defaults differ

@@ -62,8 +62,8 @@ def eks(tmp_path_factory):
 def test_every_stage_is_compiled_deploy_under_promoted(eks):
     cfg, spec, platform, _ = eks
     tasks = tasks_by_stage(spec, platform)
-    # drift_check, and validate and clean of the whole snapshot: the monitoring DAG's (this one
-    # validates and cleans shard by shard)
+    # drift_check is the monitoring DAG's; validate and clean run inside prepare_shard, shard
+    # by shard, in both DAGs
     assert set(tasks) == set(KFP_STAGES) - {"drift_check", "validate", "clean"}
     # the run's id reaches every task from its pod's label, never as an input
     for stage, t in tasks.items():
@@ -80,10 +80,10 @@ def test_the_monitoring_dag_checks_drift_on_cpu_then_trains_on_gpus(tmp_path):
     spec, platform = docs[0], docs[1]
     assert spec["pipelineInfo"]["name"] == "marketsearch-monitoring"
     tasks = tasks_by_stage(spec, platform)
-    # one validate, before the checks; the training branch fans out over the same snapshot
-    assert "validate_2" not in tasks and tasks["validate"]["condition"] is None
-    assert "clean" not in tasks and "ingest_2" not in tasks
-    assert tasks["prepare_shard"]["condition"] == tasks["gather_clean"]["condition"] == "drifted"
+    # one fan-out over the shards, before the checks; the training branch reads those shards
+    assert "validate" not in tasks and "clean" not in tasks and "ingest_2" not in tasks
+    assert "prepare_shard_2" not in tasks
+    assert tasks["prepare_shard"]["condition"] == tasks["gather_clean"]["condition"] is None
     assert tasks["drift_check"]["condition"] is None
     assert tasks["train_image"]["condition"] == "drifted"
     assert tasks["deploy"]["condition"] == "promoted"

@@ -154,13 +154,15 @@ def test_a_shifted_batch_retrains_and_promotes_only_a_better_model(champion, dat
     # so the champion is not scored on listings it trained on
     import pandas as pd
 
-    # (both DAGs' gather_clean write the plan: every clean listing with its split)
-    runs = [p for p in (tmp / "runs").glob("**/gather-clean/plan/listings.parquet")]
-    first = [p for p in runs if not str(p).startswith(out["run_dir"])]
-    retrain = [p for p in runs if str(p).startswith(out["run_dir"])]
-    assert len(first) == 1 and len(retrain) == 1, runs
-    before = pd.read_parquet(first[0]).set_index("id")["split"]
-    after = pd.read_parquet(retrain[0]).set_index("id")["split"]
+    # (both DAGs' gather_clean write the plan: every clean listing with its split. Every
+    # monitoring run gathers one, its drift checks read the clean shards; the retraining run's
+    # is its own or, reused from kfp.local's cache, the dry run's on the same listings: the
+    # newest either way)
+    plans = sorted((tmp / "runs" / "kfp").glob("*/gather-clean/plan/listings.parquet"))
+    [first] = [p for p in plans if p.parts[-4].startswith("marketsearch-training-")]
+    retrain = [p for p in plans if p.parts[-4].startswith("marketsearch-monitoring-")][-1]
+    before = pd.read_parquet(first).set_index("id")["split"]
+    after = pd.read_parquet(retrain).set_index("id")["split"]
     assert len(after) > len(before) and before.index.isin(after.index).all()
     assert (after.loc[before.index] == before).all()
 

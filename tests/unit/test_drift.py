@@ -503,3 +503,58 @@ def test_config_refuses_checks_that_could_never_fire():
     for checks in ([], ["price", "price"]):
         with pytest.raises(ValueError, match="each check once, at least one"):
             DriftConfig(checks=checks)
+
+
+def test_drift_check_judges_only_new_listings_from_the_clean_shards(bundle, clean, tmp_path):
+    """drift_check on clean data (here one CleanData; in the DAG the clean shards and their
+    plan): the listings in the champion's index or already considered are left out, more new
+    ones than drift.batch_max_listings are sampled, nothing is cleaned again, and the refused
+    rows reported are those of listings not yet considered."""
+    from marketsearch.components.drift_check import drift_check
+    from marketsearch.index import IDS_FILE
+    from marketsearch.quarantine import record
+    from marketsearch.records import CleanData
+
+    drift.write_reference(bundle.root, clean.products, clean.images, clean.pixels, SMALL, seed=1)
+    ids = sorted(clean.products["id"])
+    known, new = ids[:12], ids[12:]
+    (bundle.root / "index").mkdir(exist_ok=True)
+    (bundle.root / "index" / IDS_FILE).write_text(json.dumps(known))
+    refused = [record("products", {"id": known[0]}, "clean", "price", "price: missing"),
+               record("products", {"id": "new-1"}, "validate", "price", "price: not a number"),
+               record("images", {"id": "p1", "product_id": known[1]}, "clean", "data", "bad"),
+               record("images", {"id": "p2", "product_id": "new-1"}, "clean", "data", "bad")]
+    data = CleanData(clean.products, clean.images, clean.pixels, refused, summary=clean.summary)
+    cfg = load_config(overrides={"run_dir": str(tmp_path), "drift": {
+        "min_listings": 20, "min_photos": 20, "batch_max_listings": 30}})
+
+    result = drift_check(cfg, data, champion_dir=bundle.root)
+    assert result.result["n_new_listings"] == len(new) == 40
+    assert result.result["n_listings"] == 30                 # a seeded sample of the 40
+    assert set(result.result["checks"]) == set(drift.CHECKS)
+    assert result.quarantine["row_id"].tolist() == ["new-1", "p2"]
+    assert result.result["n_quarantined"] == 2
+    again = drift_check(cfg, data, champion_dir=bundle.root)
+    assert again.result["checks"] == result.result["checks"]  # the same sample
+
+    everything = drift_check(cfg.model_copy(update={"drift": SMALL}), data,
+                             champion_dir=bundle.root)
+    assert everything.result["n_listings"] == 40
+    # every listing considered: too few new ones to judge, no drift
+    none_new = drift_check(cfg, data, champion_dir=bundle.root, considered_ids=set(new))
+    assert none_new.result["n_new_listings"] == 0 and none_new.retrain is False
+    assert none_new.result["reason"].startswith("not judged") and not none_new.result["checks"]
+
+
+def test_drift_check_without_a_champion_trains(clean, tmp_path):
+    from marketsearch.catalogue import CleanCatalogue
+    from marketsearch.components.drift_check import judge
+
+    cfg = load_config(overrides={"run_dir": str(tmp_path)})
+    result = judge(cfg, CleanCatalogue.of(clean), None, set())
+    assert result.retrain is True and result.result["reason"] == "no champion yet: train one"
+    assert result.result["n_new_listings"] == len(clean.products)
+    dry = judge(load_config(overrides={"run_dir": str(tmp_path),
+                                       "monitoring": {"dry_run": True}}),
+                CleanCatalogue.of(clean), None, set())
+    assert dry.result["drift"] is True and dry.retrain is False

@@ -38,6 +38,10 @@ class DriftConfig(_Section):
     # own statistics are samples of sample_size / embedding_rows rows), their photos in memory:
     # what build_index's memory grows with, up to this (make bench-scale).
     reference_max_listings: int = Field(5000, ge=100)
+    # drift_check judges a seeded sample of at most this many of the new listings (every one
+    # when there are fewer), their photos in memory: what drift_check's memory grows with, up
+    # to this, however many listings arrive at once. At least min_listings.
+    batch_max_listings: int = Field(5000, ge=2)
     # category_mix: chi-square p < alpha AND total variation distance >= this (practical
     # significance: on very large batches every tiny shift is "significant").
     category_min_tvd: float = Field(0.05, ge=0, le=1)
@@ -86,6 +90,10 @@ class DriftConfig(_Section):
                 f"p-value, 1/{1 + self.mmd_permutations}, is not below the per-test alpha "
                 f"{alpha:.3g}, so {', '.join(embedding)} could never fire; use at least "
                 f"{int(1 / alpha)} permutations")
+        if self.batch_max_listings < self.min_listings:
+            raise ValueError(
+                f"drift.batch_max_listings={self.batch_max_listings} is below "
+                f"drift.min_listings={self.min_listings}: no batch could ever be judged")
         return self
 
 

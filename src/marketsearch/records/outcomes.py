@@ -160,12 +160,13 @@ class DriftResult(Record):
     result: dict                   # drift, reason, n_new_listings, checks, fired, ...
     retrain: bool
     markdown: str = ""
-    quarantine: object = None      # DataFrame of new rows clean refused (or None)
+    quarantine: object = None      # DataFrame of new rows the shards refused (or None)
     figure: bytes | None = None    # drift.png
 
     FILES = {"drift.json": "the verdict, its reason and every check's figures",
              "drift.md": "the same, to read", "drift.png": "reference vs batch, plotted",
-             "quarantine.parquet": "new rows the cleaning refused, with the reason"}
+             "quarantine.parquet": "rows the shards refused (validation or cleaning) of "
+                                   "listings no retrain has considered, with the reason"}
 
     def save(self, directory):
         d = Path(directory)
