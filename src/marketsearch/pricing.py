@@ -174,6 +174,14 @@ def train_price(cfg, catalogue, bundle, out_dir: str | Path) -> dict[str, Any]:
                                     fit_price_head, predict_price, price_metrics)
 
     pcfg, seed = cfg.price, cfg.seed
+    plan = priced(catalogue.plan.listings)
+    counts = {split: int((plan["split"] == split).sum()) for split in ("train", "val")}
+    if counts["train"] < pcfg.min_train_listings or not counts["val"]:
+        why = (f"{counts['train']} priced training and {counts['val']} validation listings, "
+               f"fewer than price.min_train_listings ({pcfg.min_train_listings}) or none to "
+               "validate on: no price head, the bundle answers without a price")
+        log.warning("price head skipped: %s", why)
+        return {"price": {"skipped": why}, "price_history": {}}
     samples = {split: _sample(catalogue, split, pcfg.max_train_listings, seed)
                for split in ("train", "val")}
     listings = {}

@@ -98,3 +98,17 @@ def test_evaluate_scores_the_head_against_both_baselines_on_the_same_listings(tr
     assert "worse" in price_warning(worse, result, tolerance=0.1)
     assert price_warning(result, result, tolerance=0.1) == ""
     assert price_warning(worse, None, tolerance=0.1) == ""
+
+
+def test_too_few_priced_listings_skip_the_price_head_and_say_why(trained, tmp_path):
+    from marketsearch.catalogue import CleanCatalogue
+    from marketsearch.pricing import train_price
+    from marketsearch.records import CleanData
+
+    cfg, clean_dir, bundle_dir = trained
+    few = cfg.model_copy(update={"price": cfg.price.model_copy(
+        update={"min_train_listings": 10_000})})
+    out = train_price(few, CleanCatalogue.of(CleanData.load(clean_dir)), Bundle(bundle_dir),
+                      tmp_path)
+    assert "fewer than price.min_train_listings (10000)" in out["price"]["skipped"]
+    assert not (tmp_path / PRICE_FILE).exists()

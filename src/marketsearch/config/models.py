@@ -135,6 +135,9 @@ class PriceConfig(TrainingRecipe):
     # The TF-IDF ridge's log-price is one of the head's inputs; for the training rows it comes
     # from a ridge fitted on the other folds (out-of-fold), so it is as wrong as at serving.
     ridge_folds: int = Field(5, ge=2)
+    # Fewer priced training listings than this (or no validation ones) and no price head is
+    # trained: the run goes on and its bundle answers without a price.
+    min_train_listings: int = Field(20, ge=1)
 
     @model_validator(mode="after")
     def _quantiles_around_median(self) -> "PriceConfig":
