@@ -89,7 +89,8 @@ def test_decision_and_evaluation_round_trip(tmp_path):
               "search": {"k": 10, **{m: {"n_queries": 1, "precision_at_10": 0.5, "top1": 1.0}
                                      for m in ("image", "text", "both")}},
               **{m: {"accuracy": 0.5, "top3_accuracy": 1.0, "macro_f1": 0.4,
-                     "confusion_matrix": [[1, 0], [1, 0]]} for m in ("image", "text", "fusion")}}
+                     "confusion_matrix": [[1, 0], [1, 0]]} for m in ("image", "text", "fusion")},
+              "price": None}                   # a bundle without a price head
     Evaluation(result, decision, ["a", "b"]).save(tmp_path)
     back = Evaluation.load(tmp_path)
     assert back.decision == decision and Decision.load(tmp_path) == decision
@@ -99,6 +100,7 @@ def test_decision_and_evaluation_round_trip(tmp_path):
     metrics = back.metrics()
     assert metrics["decision"]["promote"] == 1.0 and metrics["test"]["fusion"]["accuracy"] == 0.5
     assert metrics["search"]["both"]["precision_at_10"] == 0.5
+    assert metrics["price"] == {} and not (tmp_path / "price.png").exists()
 
 
 def test_drift_result_and_deployment_round_trip(tmp_path):

@@ -81,7 +81,7 @@ class Evaluation(Record):
             snapshot.write_json(directory, "champion_evaluation.json", self.champion)
         self.decision.save(directory)
         labels = self.labels + self.result["unknown_categories"]
-        if self.result.get("price", {}).get("sample"):
+        if (self.result.get("price") or {}).get("sample"):
             from marketsearch.pricing import price_figure
 
             price_figure(self.result["price"]).savefig(Path(directory) / "price.png", dpi=110)
