@@ -9,7 +9,9 @@ with a critical problem (a required column missing, more bad rows than
 and the other shards go on; gather_clean then checks the bad fraction over the whole
 catalogue. A shard whose content, config and code are those of an earlier run is not
 processed again: its clean data comes from the shard cache (``data.shard_cache``, keyed by
-all three), the way photo features come from theirs.
+all three), the way photo features come from theirs. The cache is a local directory or an
+s3://bucket/prefix (``marketsearch.blobstore``; on EKS the data bucket, since a pod's disk does
+not outlive it): an entry is whole or absent, and one without its summary.json is not trusted.
 
 gather_clean deals the splits over the whole catalogue (``cleaning.split_by_id``: a small
 label is dealt by rank across all its listings, not within a shard), so the split is the
@@ -21,14 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import uuid
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from marketsearch import quarantine
+from marketsearch import blobstore, quarantine
 from marketsearch.config import Config
 from marketsearch.records import CleanData, CleanPlan, CleanShard, Snapshot, SnapshotShards
 from marketsearch.records.data import PLAN_COLUMNS
@@ -45,8 +44,15 @@ def _cache_key(cfg: Config, shard: dict) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _cache_dir(cfg: Config) -> Path | None:
-    return cfg.path(cfg.data.shard_cache) if cfg.data.shard_cache else None
+# A cache entry is trusted only with this file: CleanData.save writes it, and an S3 entry has it
+# uploaded last (blobstore.S3Store.writing_tree).
+ENTRY_MARKER = "summary.json"
+
+
+def _cache(cfg: Config):
+    """The shard cache's store (``data.shard_cache``; S3 at ``data.s3_endpoint_url``), or None."""
+    where = blobstore.location(cfg, cfg.data.shard_cache)
+    return blobstore.open_store(where, cfg.data.s3_endpoint_url) if where else None
 
 
 def _without_listings(name: str, records: list[dict], validated: dict,
@@ -83,14 +89,13 @@ def prepare_shard(cfg: Config, raw_snapshot: SnapshotShards, shard: dict) -> Cle
     from marketsearch.components.clean import clean
     from marketsearch.components.validate import ValidationError, validate
 
-    cache = _cache_dir(cfg)
+    cache = _cache(cfg)
     key = _cache_key(cfg, shard)
-    if cache is not None and (cache / key / "summary.json").exists():
-        log.info("prepare_shard: %s unchanged since an earlier run: from the shard cache",
-                 shard["name"])
-        data = CleanData.load(cache / key)
-        data.summary = dict(data.summary, from_cache=True)
-        return data
+    cached = _lookup(cache, key) if cache is not None else None
+    if cached is not None:
+        log.info("prepare_shard: %s unchanged since an earlier run: from the shard cache %s",
+                 shard["name"], cache.uri)
+        return cached
     part = raw_snapshot.shard(shard)
     try:
         validated = validate(cfg, part)
@@ -110,15 +115,26 @@ def prepare_shard(cfg: Config, raw_snapshot: SnapshotShards, shard: dict) -> Cle
     return data
 
 
-def _store(data: CleanData, cache: Path, key: str) -> None:
-    """Save into the shard cache whole or not at all (written beside, then renamed); a
-    concurrent writer of the same key wins and this copy is dropped."""
-    staged = cache / f".{key}-{uuid.uuid4().hex[:8]}"
-    data.save(staged)
-    if (cache / key).exists():
-        shutil.rmtree(staged)
-    else:
-        staged.rename(cache / key)
+def _lookup(cache, key: str) -> CleanData | None:
+    """The shard cache's entry ``key``, or None where it is absent or has no summary.json (its
+    writer stopped midway). An S3 entry is downloaded to a scratch folder and read whole."""
+    with cache.reading_tree(key, ENTRY_MARKER) as entry:
+        if entry is None:
+            return None
+        data = CleanData.load(entry)
+    data.summary = dict(data.summary, from_cache=True)
+    return data
+
+
+def _store(data: CleanData, cache, key: str) -> None:
+    """Save into the shard cache whole or not at all: a local entry is written beside, then
+    renamed in; an S3 entry's files are uploaded with summary.json last. Two writers of one
+    key: the first complete entry wins (locally the second copy is dropped, on S3 a writer
+    that finds summary.json uploads nothing; two that race before either is complete both
+    upload, the last upload of a file winning). Either is fine: entries of one key are the
+    same clean data."""
+    with cache.writing_tree(key, ENTRY_MARKER) as staged:
+        data.save(staged)
 
 
 @step(reads=("validate", "clean", "seed"), inputs={"clean_shards": [CleanShard]},

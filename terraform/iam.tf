@@ -100,7 +100,8 @@ locals {
   s3_object_write = ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
 
   irsa_s3_access = {
-    # read/write both buckets (multipart uploads of large exports included)
+    # read/write both buckets (multipart uploads of large exports included); in the data
+    # bucket, cache/shards and cache/photo_features are the shard and photo-feature caches
     "pipeline" = {
       buckets        = ["data", "artifacts"]
       bucket_actions = ["s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads"]

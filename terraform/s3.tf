@@ -1,7 +1,8 @@
 # Two buckets, both private (public access block, bucket-owner-enforced ownership), versioned,
 # SSE-KMS with the data key (S3 Bucket Keys on, which cuts the KMS request charges), with a
 # bucket policy that refuses any request not made over TLS 1.2+:
-#   data      - raw listings exports and photos (the pipeline's S3 source);
+#   data      - raw listings exports and photos (the pipeline's S3 source), and under cache/
+#               the pipeline's shard and photo-feature caches (config/eks.yaml);
 #   artifacts - KFP pipeline root, MLflow artifacts, the served model bundles.
 # Names carry the account id and region, as bucket names are global.
 

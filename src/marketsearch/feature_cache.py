@@ -6,21 +6,34 @@ backbone's weights. The cache keys them by both (``photo_keys`` hashes the pixel
 evaluate`` or a drift retrain reads what an earlier run computed, a changed photo misses, and
 a fine-tuned backbone (other weights) never sees another's features.
 
-Layout: ``<root>/<model key>/part-<uuid>.npz``, each part holding ``keys`` (photo keys) and
-``features`` (float32 [n, d]). A run writes one new part with its misses, atomically (written
-beside, then renamed), so runs that share a cache never read a half-written part.
+Where: ``image_model.feature_cache``, a local directory or an s3://bucket/prefix (on EKS the
+data bucket, so that every stage's pod and every run reads what an earlier one computed;
+``marketsearch.blobstore``). Layout under it: ``<model key>/part-<uuid>.npz``, each part holding
+``keys`` (photo keys) and ``features`` (float32 [n, d]), and beside it ``part-<uuid>.keys``,
+the part's photo keys one a line. A run writes one new part with its misses, then its key
+file: the key file is the part's commit marker and the cache's index. A reader lists the
+model key's folder and trusts an S3 part only where its key file is there (a writer stopped
+between the two leaves a part nobody reads), learns where each photo is from the key files
+alone (32 bytes a photo; no part is downloaded for it), and reads the features part by part,
+one part open (on S3: one part downloaded to a scratch file) at a time. Each file is whole or
+absent (locally written beside, then renamed; an S3 PUT is whole by itself), and each run's
+part has a name of its own, so runs that share a cache never read a half-written part and
+never overwrite one another. A local part is whole by its rename, so one without a key file
+(from before the key files, or a writer stopped there) is read for its keys instead.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from marketsearch import blobstore
 
 log = logging.getLogger(__name__)
 
@@ -68,58 +81,80 @@ class CacheStats:
         return {"feature_cache_hits": self.hits, "feature_cache_misses": self.misses}
 
 
-class FeatureCache:
-    """Features by photo content under ``root`` (None: compute every time, store nothing)."""
+KEYS = ".keys"  # a part's photo keys, one a line, written after the part: its commit marker
 
-    def __init__(self, root: str | Path | None):
-        self.root = Path(root) if root else None
+
+def _is_part(name: str) -> bool:
+    return name.rsplit("/", 1)[-1].startswith("part-") and name.endswith(".npz")
+
+
+class FeatureCache:
+    """Features by photo content under ``root``: a local directory or an s3://bucket/prefix
+    (``endpoint_url``: its S3 endpoint; None: AWS's). None: compute every time, store nothing.
+    An s3:// root that cannot be used (no bucket, access denied) raises blobstore.StoreError."""
+
+    def __init__(self, root: str | Path | None, endpoint_url: str | None = None):
+        self.store = blobstore.open_store(root, endpoint_url) if root else None
         self.stats = CacheStats()
-        self._indexes: dict[Path, dict[str, tuple[Path, int]]] = {}
+        self._indexes: dict[str, dict[str, tuple[str, int]]] = {}
 
     @classmethod
     def from_config(cls, cfg) -> "FeatureCache":
         """The cache at ``image_model.feature_cache`` (``{run_dir}`` filled in), or none."""
-        where = cfg.image_model.feature_cache
-        return cls(cfg.path(where) if where else None)
+        image = cfg.image_model
+        return cls(blobstore.location(cfg, image.feature_cache),
+                   image.feature_cache_s3_endpoint_url)
 
-    def _index(self, directory: Path) -> dict[str, tuple[Path, int]]:
-        """Where each cached photo's features are: key -> (part file, row). Read once per
-        directory (the keys only, 32 bytes a photo); the features are read when asked for."""
-        if directory in self._indexes:
-            return self._indexes[directory]
-        index: dict[str, tuple[Path, int]] = {}
-        for part in sorted(directory.glob("part-*.npz")) if directory.exists() else []:
+    @contextmanager
+    def _part(self, name: str):
+        """A part's arrays (np.load of the file; on S3 of a scratch copy)."""
+        with self.store.reading(name) as path, np.load(path, allow_pickle=False) as data:
+            yield data
+
+    def _index(self, model: str) -> dict[str, tuple[str, int]]:
+        """Where each cached photo's features are: key -> (part, row), from the key files of
+        the model key's parts. Read once per model key; the features are read when asked for."""
+        if model in self._indexes:
+            return self._indexes[model]
+        names = set(self.store.list(f"{model}/"))
+        index: dict[str, tuple[str, int]] = {}
+        for part in sorted(filter(_is_part, names)):
+            marker = part.removesuffix(".npz") + KEYS
             try:
-                with np.load(part, allow_pickle=False) as data:
-                    for row, key in enumerate(data["keys"].tolist()):
-                        index[key] = (part, row)
+                if marker in names:
+                    keys = self.store.read_bytes(marker).decode().split()
+                elif self.store.local:  # whole by its rename, without a key file (written
+                    with self._part(part) as data:  # before them, or its writer stopped there)
+                        keys = data["keys"].tolist()
+                else:                   # its writer stopped before the key file: not trusted
+                    continue
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("feature cache: skipping unreadable part %s (%s)", part, exc)
-        self._indexes[directory] = index
+                continue
+            index.update({key: (part, row) for row, key in enumerate(keys)})
+        self._indexes[model] = index
         return index
 
-    def _read(self, hits: dict[int, tuple[Path, int]], out: np.ndarray) -> None:
-        """Fill ``out[i]`` for each hit from its part, one part file open at a time."""
-        by_part: dict[Path, list[tuple[int, int]]] = {}
+    def _read(self, hits: dict[int, tuple[str, int]], out: np.ndarray) -> None:
+        """Fill ``out[i]`` for each hit from its part, one part open at a time."""
+        by_part: dict[str, list[tuple[int, int]]] = {}
         for i, (part, row) in hits.items():
             by_part.setdefault(part, []).append((i, row))
         for part, wanted in by_part.items():
-            with np.load(part, allow_pickle=False) as data:
+            with self._part(part) as data:
                 features = data["features"]
                 for i, row in wanted:
                     out[i] = features[row]
 
-    def _store(self, directory: Path, keys: list[str], features: np.ndarray) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        name = f"part-{uuid.uuid4().hex}"
-        tmp = directory / f".{name}.tmp.npz"
-        np.savez(tmp, keys=np.asarray(keys, dtype=str), features=features.astype(np.float32))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        tmp.rename(directory / f"{name}.npz")
-        index = self._indexes.get(directory)
+    def _store(self, model: str, keys: list[str], features: np.ndarray) -> None:
+        """One new part, then its key file (an S3 part is not read before that is there)."""
+        name = f"{model}/part-{uuid.uuid4().hex}"
+        with self.store.writing(f"{name}.npz") as path:
+            np.savez(path, keys=np.asarray(keys, dtype=str), features=features.astype(np.float32))
+        self.store.write_bytes(name + KEYS, "\n".join(keys).encode())
+        index = self._indexes.get(model)
         if index is not None:
-            index.update({key: (directory / f"{name}.npz", row) for row, key in enumerate(keys)})
+            index.update({key: (f"{name}.npz", row) for row, key in enumerate(keys)})
 
     def features(self, model, pixels: np.ndarray,
                  compute: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -137,8 +172,8 @@ class FeatureCache:
         if n == 0:
             return out
         keys = photo_keys(pixels)
-        directory = self.root / model_key(model) if self.root else None
-        index = self._index(directory) if directory is not None else {}
+        mkey = model_key(model) if self.store is not None else None
+        index = self._index(mkey) if mkey is not None else {}
         miss = [i for i, k in enumerate(keys) if k not in index]
         self._read({i: index[k] for i, k in enumerate(keys) if k in index}, out)
         hits = n - len(miss)
@@ -152,11 +187,11 @@ class FeatureCache:
                 out[rows] = compute(pixels[rows])
                 bar.update(len(rows))
             bar.close()
-            if directory is not None:
+            if mkey is not None:
                 fresh = {keys[i]: i for i in miss}  # one row per distinct photo
-                self._store(directory, list(fresh), out[list(fresh.values())])
+                self._store(mkey, list(fresh), out[list(fresh.values())])
         log.info("%s: %d photos, %d from the cache, %d computed%s", desc, n, hits, len(miss),
-                 "" if directory is not None else " (no cache configured)")
+                 "" if mkey is not None else " (no cache configured)")
         return out
 
 

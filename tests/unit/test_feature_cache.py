@@ -109,6 +109,19 @@ def test_an_unreadable_part_is_skipped_not_fatal(tmp_path):
     assert compute.photos == 0
 
 
+def test_a_local_part_without_its_key_file_is_read_for_its_keys(tmp_path):
+    """A local part is whole by its rename: one from before the key files (or whose writer
+    stopped before writing one) is still read."""
+    model, photos = _features_model(), _photos(3)
+    FeatureCache(tmp_path).features(model, photos, compute=CountingCompute(model))
+    (keys,) = tmp_path.rglob("part-*.keys")
+    assert keys.read_text().split() == photo_keys(photos)
+    keys.unlink()
+    compute = CountingCompute(model)
+    FeatureCache(tmp_path).features(model, photos, compute=compute)
+    assert compute.photos == 0
+
+
 def test_a_photo_model_loaded_from_its_file_has_the_key_it_was_trained_with(tmp_path):
     """train_image caches with the model it built; train_fusion, build_index and evaluate read
     with the model loaded from the saved file: the keys must agree, and differ by input size."""

@@ -19,6 +19,8 @@ class DataConfig(_Section):
     images_table: str = "images"
     # S3 source: s3://bucket/prefix holding products.csv, images.csv and images/<id>.jpg
     s3_uri: str | None = None
+    # The S3 endpoint of s3_uri and of an s3:// shard_cache (MinIO, a test server); None: AWS's
+    # (or boto3's $AWS_ENDPOINT_URL_S3).
     s3_endpoint_url: str | None = None
     # Keep only this many listings (stratified sample, seeded); photos follow their listing.
     limit: int | None = None
@@ -30,7 +32,8 @@ class DataConfig(_Section):
     # a task of its own (components/shard.py), the database upsert commits one per transaction.
     shard_rows: int = Field(1000, gt=0)
     # A shard's clean data by its content, config and code: an unchanged shard is not
-    # validated and cleaned again. None: off.
+    # validated and cleaned again. A local directory or an s3://bucket/prefix (config/eks.yaml:
+    # the data bucket, as a pod's disk does not outlive it). None: off.
     shard_cache: str | None = "{run_dir}/cache/shards"
     # Trainers stream the shards through tf.data (marketsearch.streaming): examples are
     # shuffled in a buffer of this many, which bounds their memory, not the catalogue's size.

@@ -57,8 +57,12 @@ class ImageModelConfig(TrainingRecipe):
     # Side of the square the backbone sees; photos (clean.image_size) are resized inside the
     # model, so serving sends the same uint8 photos. None: the photos' own size.
     input_size: int | None = Field(224, ge=16)
-    # Pooled backbone features per photo content hash and backbone weights; None: no cache.
+    # Pooled backbone features per photo content hash and backbone weights: a local directory
+    # or an s3://bucket/prefix (config/eks.yaml: the data bucket); None: no cache.
     feature_cache: str | None = "{run_dir}/cache/photo_features"
+    # The S3 endpoint of an s3:// feature_cache (MinIO, a test server); None: AWS's (or boto3's
+    # $AWS_ENDPOINT_URL_S3).
+    feature_cache_s3_endpoint_url: str | None = None
     embedding_dim: int = 256
     epochs: int = 40
     patience: int = 6
