@@ -199,6 +199,9 @@ def cmd_search(args) -> int:
     top = sorted(answer.scores.items(), key=lambda kv: -kv[1])[:3]
     print(f"category: {answer.category}  ({answer.modality} model; "
           + ", ".join(f"{c} {p:.2f}" for c, p in top) + ")")
+    if answer.price is not None:
+        estimate, low, high = answer.price
+        print(f"suggested price: £{estimate:,.2f}  (80% range £{low:,.2f} - £{high:,.2f})")
     print(format_neighbors(answer.neighbors))
     return 0
 

@@ -16,8 +16,9 @@ def test_text_search_prints_a_table_of_k_listings(bundle_dir, capsys):
     assert code == 0
     lines = out.strip().splitlines()
     assert lines[0].startswith("category: ") and "(text model;" in lines[0]
-    assert lines[1].split() == ["#", "score", "sim", "km", "price", "category", "title"]
-    rows = lines[3:]
+    assert lines[1].startswith("suggested price: £") and "(80% range £" in lines[1]
+    assert lines[2].split() == ["#", "score", "sim", "km", "price", "category", "title"]
+    rows = lines[4:]
     assert len(rows) == 4
     assert [r.split()[0] for r in rows] == ["1", "2", "3", "4"]
     assert all("£" in r and r.rstrip().endswith("]") for r in rows)
@@ -30,7 +31,9 @@ def test_photo_and_town_search_as_json_matches_the_server_contract(bundle_dir, c
     assert code == 0
     pred = json.loads(out.strip().splitlines()[-1])
     assert pred["modality"] == "fused"
-    assert set(pred) == {"category", "scores", "modality", "neighbors"}
+    assert set(pred) == {"category", "scores", "modality", "neighbors", "price"}
+    assert pred["price"]["currency"] == "GBP"
+    assert pred["price"]["low"] <= pred["price"]["estimate"] <= pred["price"]["high"]
     assert len(pred["neighbors"]) == 3
     assert all(n["distance_km"] is not None for n in pred["neighbors"])
 
