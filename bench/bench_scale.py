@@ -8,13 +8,13 @@ catalogue grows? (issue 13, item 6)
    perturbed (a word dropped, two swapped) and each photo re-encoded flipped (odd k) and
    cropped by a random margin, so no two copies share a photo's bytes or features.
 2. Runs the training DAG's stages on it as KFP would, each task in a process of its own:
-   ingest, prepare_shard once per shard (one after another), gather_clean, load_db,
-   train_image (backbone features of every photo + the head), train_text, train_fusion,
-   build_index. The trainers run ``--epochs`` epochs (1 by default: a fixed number of passes,
+   ingest, prepare_shard then featurize_shard (the backbone's features of its photos, into
+   the run's feature cache) once per shard (one after another), gather_clean, load_db,
+   train_image (the head, on the cached features), train_text, train_fusion, build_index. The trainers run ``--epochs`` epochs (1 by default: a fixed number of passes,
    so their steps grow with the catalogue and time per listing is comparable), one text
    tower. No cache is shared between sizes (features and shards are computed at each size).
 3. Records each stage's wall time and peak RSS (the task process's ru_maxrss from wait4; for
-   prepare_shard the largest of its tasks and the sum of their times) and writes
+   the per-shard stages the largest of their tasks and the sum of their times) and writes
    bench/reports/scale.json and scale.md: per stage and size the time per listing, and the
    ratio of each to the smallest size (``peak_rss_ratio``, ``time_per_listing_ratio``); the
    goal is both <= 1.3 at 16x; and a projection to 2M listings on EKS.
@@ -38,8 +38,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "bench" / "reports"
-STAGES = ["ingest", "prepare_shard", "gather_clean", "load_db", "train_image", "train_text",
-          "train_fusion", "build_index"]
+STAGES = ["ingest", "prepare_shard", "featurize_shard", "gather_clean", "load_db", "train_image",
+          "train_text", "train_fusion", "build_index"]
+PER_SHARD = ("prepare_shard", "featurize_shard")   # one task a shard, like the DAG's ParallelFor
 GOAL_RATIO = 1.3
 SEED = 7
 # EKS as terraform/variables.tf builds it, with on-demand list prices (us-east-1; an
@@ -175,6 +176,9 @@ def run_child(stage: str, work: Path, cfg_overrides: dict, shard: int | None) ->
         snap = SnapshotShards.load(work / "raw")
         prepare_shard(cfg, snap, snap.manifest["shards"][shard]).save(
             work / "clean" / f"shard-{shard:05d}")
+    elif stage == "featurize_shard":
+        from marketsearch.components.featurize import featurize_shard
+        featurize_shard(cfg, shards[shard]).save(work / "features" / f"shard-{shard:05d}")
     elif stage == "gather_clean":
         from marketsearch.components.shard import gather_clean
         gather_clean(cfg, shards).save(work / "plan")
@@ -183,7 +187,8 @@ def run_child(stage: str, work: Path, cfg_overrides: dict, shard: int | None) ->
         load_db(cfg, shards, plan)
     elif stage == "train_image":
         from marketsearch.components.train_image import train_image
-        train_image(cfg, shards, work / "image", plan=plan)
+        features = sorted((work / "features").glob("shard-*"))
+        train_image(cfg, shards, work / "image", plan=plan, photo_features=features)
     elif stage == "train_text":
         from marketsearch.components.train_text import train_text
         train_text(cfg, shards, work / "text", plan=plan)
@@ -236,7 +241,7 @@ def run_size(factor: int, args, before: dict | None = None) -> dict:
         grow_s, stages = before["grow_s"], dict(before["stages"])
     cfg = overrides(work, source, args)
     for stage in (STAGES if before is None else args.stages):
-        if stage == "prepare_shard":
+        if stage in PER_SHARD:
             entries = json.loads((work / "raw" / "snapshot.json").read_text())["shards"]
             runs = [dict(measured(stage, work, cfg, k), rows=e["n_products"])
                     for k, e in enumerate(entries)]
@@ -284,8 +289,9 @@ def _line(x, y) -> tuple[float, float]:
 def projection(sizes: dict, args) -> dict:
     """2M listings on EKS (config/eks.yaml's shard_rows and shard_parallelism, the node
     groups of terraform/variables.tf): each single-task stage's time as a fixed part plus a
-    part per listing, fitted over the sizes measured; prepare_shard's time and peak RSS per
-    task fitted over all its tasks against their listings, then evaluated at EKS's shard size."""
+    part per listing, fitted over the sizes measured; each per-shard stage's time and peak RSS
+    per task fitted over all its tasks against their listings, then evaluated at EKS's shard
+    size."""
     from marketsearch.config import load_config
 
     eks = load_config(ROOT / "config" / "eks.yaml")
@@ -294,35 +300,37 @@ def projection(sizes: dict, args) -> dict:
     largest = sizes[keys[-1]]
     shards = math.ceil(n / eks.data.shard_rows)
     rows = n / shards
-    tasks = [t for k in keys for t in sizes[k]["stages"]["prepare_shard"]["per_task"]]
-    a, b = _line([t["rows"] for t in tasks], [t["wall_s"] for t in tasks])
-    c, d = _line([t["rows"] for t in tasks], [t["peak_rss_mb"] for t in tasks])
-    task_s, task_mb = a + b * rows, c + d * rows
+    per_task = {}
+    for stage in PER_SHARD:
+        tasks = [t for k in keys for t in sizes[k]["stages"][stage]["per_task"]]
+        a, b = _line([t["rows"] for t in tasks], [t["wall_s"] for t in tasks])
+        c, d = _line([t["rows"] for t in tasks], [t["peak_rss_mb"] for t in tasks])
+        per_task[stage] = {"fixed_s": a, "per_listing_ms": 1000 * b, "rss_fixed_mb": c,
+                           "rss_per_listing_kb": 1024 * d, "s_at_shard_rows": a + b * rows,
+                           "peak_rss_mb_at_shard_rows": c + d * rows, "n_tasks": len(tasks)}
+    task_mb = max(t["peak_rss_mb_at_shard_rows"] for t in per_task.values())
     # tasks a node takes: one a vCPU, as many as fit in 90% of its memory
     per_node = max(1, min(EKS["cpu_vcpus"], int(0.9 * EKS["cpu_memory_gib"] * 1024 // task_mb)))
     slots = min(eks.kfp.shard_parallelism, EKS["cpu_max_nodes"] * per_node)
     hours, fits = {}, {}
     for stage in STAGES:
-        if stage == "prepare_shard":
-            hours[stage] = math.ceil(shards / slots) * task_s / 3600
+        if stage in PER_SHARD:
+            hours[stage] = math.ceil(shards / slots) * per_task[stage]["s_at_shard_rows"] / 3600
             continue
         fixed, per = _line([sizes[k]["n_listings"] for k in keys],
                            [sizes[k]["stages"][stage]["wall_s"] for k in keys])
         fits[stage] = {"fixed_s": fixed, "per_listing_ms": 1000 * per}
         hours[stage] = (fixed + per * n) / 3600
     train_stages = ["train_image", "train_text", "train_fusion"]
-    cpu_node_hours = sum(h for s, h in hours.items() if s not in train_stages and s != "prepare_shard") \
-        + shards * task_s / per_node / 3600
+    cpu_node_hours = sum(h for s, h in hours.items() if s not in train_stages and s not in PER_SHARD) \
+        + sum(shards * t["s_at_shard_rows"] / per_node / 3600 for t in per_task.values())
     gpu_node_hours = sum(hours[s] for s in train_stages)
     return {"n_listings": n,
             "n_photos": round(n * largest["n_photos"] / largest["n_listings"]),
             "shards": shards, "shard_rows": eks.data.shard_rows,
-            "prepare_shard_parallel_tasks": slots, "prepare_shard_tasks_per_node": per_node,
+            "per_shard_parallel_tasks": slots, "per_shard_tasks_per_node": per_node,
             "cpu_nodes": math.ceil(slots / per_node),
-            "gpu_nodes": 1, "prepare_shard_task": {"fixed_s": a, "per_listing_ms": 1000 * b,
-                                                   "s_at_shard_rows": task_s,
-                                                   "rss_fixed_mb": c, "rss_per_listing_kb": 1024 * d,
-                                                   "peak_rss_mb_at_shard_rows": task_mb},
+            "gpu_nodes": 1, "per_shard_tasks": per_task,
             "fits": fits, "hours_by_stage": hours, "wall_hours": sum(hours.values()),
             "cpu_node_hours": cpu_node_hours, "gpu_node_hours": gpu_node_hours,
             "usd": cpu_node_hours * EKS["cpu_usd_per_hour"] + gpu_node_hours * EKS["gpu_usd_per_hour"],
@@ -339,7 +347,8 @@ def write_report(report: dict) -> None:
     lines = ["# Scale: memory and time per listing as the catalogue grows", "",
              f"`{run['command']}` on {run['date']} ({run['machine']}), commit {run['commit']}.",
              "Every stage ran as its KFP task would, in a process of its own; peak RSS is that "
-             "process's ru_maxrss (prepare_shard: the largest of its tasks, time: their sum).", "",
+             "process's ru_maxrss (a per-shard stage: the largest of its tasks, time: their "
+             "sum).", "",
              "| size | listings | photos | shards | grow s |", "|---|---:|---:|---:|---:|"]
     for k in keys:
         s = sizes[k]
@@ -363,24 +372,27 @@ def write_report(report: dict) -> None:
               f"Goal: at {top}x every stage's peak RSS and time per listing within {GOAL_RATIO}x "
               f"of {keys[0]}x. " + ("**Met.**" if not fails else "**Not met** by: " + ", ".join(fails) + ".")]
     p = report["projection"]
-    t = p["prepare_shard_task"]
+    per_task = p["per_shard_tasks"]
     lines += ["", "### Projection: 2M listings on EKS", "",
               f"{p['n_listings']:,} listings (~{p['n_photos']:,} photos) in {p['shards']} shards "
-              f"of {p['shard_rows']:,}; prepare_shard as {p['prepare_shard_parallel_tasks']} "
-              f"parallel tasks on {p['cpu_nodes']} {p['prices']['cpu_instance']} nodes "
-              f"({p['prices']['cpu_vcpus']} vCPU, {p['prices']['cpu_memory_gib']} GiB: "
-              f"{p['prepare_shard_tasks_per_node']} task(s) a node fit its memory), the "
-              f"trainers on one {p['prices']['gpu_instance']}, timed as measured here on CPU "
-              f"with {p['epochs']} epoch(s). Each stage's time is a fixed part plus a part "
-              "per listing, fitted over the sizes above; prepare_shard's per task, fitted over "
-              f"its {sum(sizes[k]['stages']['prepare_shard']['tasks'] for k in keys)} tasks "
-              f"against their listings: {t['fixed_s']:.1f} s + {t['per_listing_ms']:.2f} ms a "
-              f"listing, peak RSS {t['rss_fixed_mb']:,.0f} MB + {t['rss_per_listing_kb']:.1f} KB "
-              f"a listing, so {t['s_at_shard_rows'] / 60:.1f} min and "
-              f"{t['peak_rss_mb_at_shard_rows']:,.0f} MB a task at {p['shard_rows']:,} listings.",
-              "", "| stage | fixed s | ms a listing | hours at 2M |", "|---|---:|---:|---:|"]
+              f"of {p['shard_rows']:,}; the per-shard stages ({', '.join(PER_SHARD)}) as "
+              f"{p['per_shard_parallel_tasks']} parallel tasks on {p['cpu_nodes']} "
+              f"{p['prices']['cpu_instance']} nodes ({p['prices']['cpu_vcpus']} vCPU, "
+              f"{p['prices']['cpu_memory_gib']} GiB: {p['per_shard_tasks_per_node']} task(s) a "
+              f"node fit its memory), the trainers on one {p['prices']['gpu_instance']}, timed as "
+              f"measured here on CPU with {p['epochs']} epoch(s). Each stage's time is a fixed "
+              "part plus a part per listing, fitted over the sizes above; a per-shard stage's "
+              "per task, fitted over its tasks against their listings:", ""]
+    for stage, t in per_task.items():
+        lines.append(f"- {stage} ({t['n_tasks']} tasks): {t['fixed_s']:.1f} s + "
+                     f"{t['per_listing_ms']:.2f} ms a listing, peak RSS {t['rss_fixed_mb']:,.0f} MB "
+                     f"+ {t['rss_per_listing_kb']:.1f} KB a listing, so "
+                     f"{t['s_at_shard_rows'] / 60:.1f} min and "
+                     f"{t['peak_rss_mb_at_shard_rows']:,.0f} MB a task at {p['shard_rows']:,} "
+                     "listings.")
+    lines += ["", "| stage | fixed s | ms a listing | hours at 2M |", "|---|---:|---:|---:|"]
     for s, h in p["hours_by_stage"].items():
-        f = p["fits"].get(s, {"fixed_s": t["fixed_s"], "per_listing_ms": t["per_listing_ms"]})
+        f = p["fits"].get(s) or per_task[s]
         lines.append(f"| {s} | {f['fixed_s']:.1f} | {f['per_listing_ms']:.2f} | {h:.2f} |")
     lines += [f"| **total (stages in sequence)** | | | **{p['wall_hours']:.1f}** |", "",
               f"Node-hours: CPU {p['cpu_node_hours']:.1f}, GPU {p['gpu_node_hours']:.1f}; at "

@@ -1,7 +1,8 @@
 """The monitoring DAG, run on a schedule, under the same exit handler as the training DAG:
 
     open_run -> ingest (in shards)
-        -> ParallelFor shard: prepare_shard (validate + clean one shard) -> gather_clean (the plan)
+        -> ParallelFor shard: prepare_shard (validate + clean one shard) -> featurize_shard
+        -> gather_clean (the plan)
         -> drift_check (the clean shards, dsl.Collected, with the plan)
         -> [if drift] the training subgraph on those same clean shards
            (load_db ... evaluate -> [if promoted] deploy)
@@ -28,11 +29,11 @@ DESCRIPTION = ("New listings -> validated, clean shards -> drift checks against 
 
 
 def monitoring_dag(c, p, cfg) -> None:
-    clean = prepared_shards(c, p, ingest_snapshot(c, p), cfg.kfp.shard_parallelism)
-    drift = c.drift_check(p, **clean())
+    shards = prepared_shards(c, p, ingest_snapshot(c, p), cfg.kfp.shard_parallelism)
+    drift = c.drift_check(p, **shards.clean())
     # drift_check returns "retrain": drift found and not monitoring.dry_run
     with dsl.If(drift.outputs["Output"] == True, name="drifted"):  # noqa: E712
-        training_subgraph(c, p, clean)
+        training_subgraph(c, p, shards)
 
 
 def build_monitoring_pipeline(cfg: Config):

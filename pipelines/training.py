@@ -2,6 +2,7 @@
 
     open_run (+ the source's fingerprint) -> ingest (in shards)
         -> ParallelFor shard: prepare_shard (validate + clean one shard)
+                              -> featurize_shard (its photos' backbone features, cached)
         -> gather_clean (dsl.Collected: the plan) -> load_db
                                                   \\-> (train_image || train_text)
                                                       -> train_fusion -> build_index
@@ -18,8 +19,9 @@ artifacts do. The source's fingerprint (never cached) lets ingest and all after 
 """
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 from kfp import dsl
@@ -34,12 +36,29 @@ DESCRIPTION = ("Listings (photos + text) -> validated, clean data -> image, text
                "TensorFlow models -> FAISS index -> evaluated, promoted champion.")
 
 
-def training_subgraph(c: SimpleNamespace, p: dict, clean: Callable[[], dict]) -> SimpleNamespace:
-    """load_db ... deploy on the clean shards; shared by the training and monitoring DAGs.
-    ``clean()``: a stage's clean inputs, ``clean_data`` (the shards, a dsl.Collected of its
-    own: KFP's compiler rewrites one it has seen) and ``plan`` (gather_clean's)."""
+@dataclass
+class PreparedShards:
+    """The fan-out's results as a stage takes them: ``clean()``, a stage's clean inputs,
+    ``clean_data`` (the shards) and ``plan`` (gather_clean's); ``photo_features()``,
+    featurize_shard's records. Each call gives a dsl.Collected of its own: KFP's compiler
+    rewrites one it has seen."""
+    prepare: dsl.PipelineTask
+    featurize: dsl.PipelineTask
+    gather: dsl.PipelineTask
+
+    def clean(self) -> dict:
+        return {"clean_data": dsl.Collected(self.prepare.outputs["clean_shard"]),
+                "plan": self.gather.outputs["plan"]}
+
+    def photo_features(self) -> dsl.Collected:
+        return dsl.Collected(self.featurize.outputs["photo_features"])
+
+
+def training_subgraph(c: SimpleNamespace, p: dict, shards: PreparedShards) -> SimpleNamespace:
+    """load_db ... deploy on the clean shards; shared by the training and monitoring DAGs."""
+    clean = shards.clean
     c.load_db(p, **clean())
-    img = c.train_image(p, **clean())
+    img = c.train_image(p, **clean(), photo_features=shards.photo_features())
     txt = c.train_text(p, **clean())
     fus = c.train_fusion(p, **clean(), image=img.outputs["model"], text=txt.outputs["model"])
     idx = c.build_index(p, **clean(), fused_model=fus.outputs["model"])
@@ -57,16 +76,16 @@ def ingest_snapshot(c: SimpleNamespace, p: dict):
     return c.ingest(p, version=opened.output)
 
 
-def prepared_shards(c: SimpleNamespace, p: dict, ing, parallelism: int) -> Callable[[], dict]:
-    """Each shard of ``ing``'s snapshot validated and cleaned in a task of its own, and their
-    plan gathered; returns what the training subgraph (and drift_check) takes: a function
-    giving a stage's clean inputs, the clean shards (their artifacts, dsl.Collected) and the
-    plan. A stage under a ``dsl.If`` may take them too (``_collected_into_conditions``)."""
+def prepared_shards(c: SimpleNamespace, p: dict, ing, parallelism: int) -> PreparedShards:
+    """Each shard of ``ing``'s snapshot validated and cleaned, then its photos featurized, in
+    tasks of their own, and the clean shards' plan gathered: what the training subgraph (and
+    drift_check) takes. A stage under a ``dsl.If`` may take them too
+    (``_collected_into_conditions``)."""
     with dsl.ParallelFor(ing.outputs["Output"], parallelism=parallelism, name="shards") as shard:
         prep = c.prepare_shard(p, raw_snapshot=ing.outputs["raw_snapshot"], shard=shard)
+        feat = c.featurize_shard(p, clean_shard=prep.outputs["clean_shard"])
     gathered = c.gather_clean(p, clean_shards=dsl.Collected(prep.outputs["clean_shard"]))
-    return lambda: {"clean_data": dsl.Collected(prep.outputs["clean_shard"]),
-                    "plan": gathered.outputs["plan"]}
+    return PreparedShards(prep, feat, gathered)
 
 
 def _artifact_lists(channels: list) -> list:

@@ -8,7 +8,8 @@ from marketsearch.cli import main
 from marketsearch.config import load_config
 from marketsearch.steps import all_steps
 
-STAGES = {"open-run", "ingest", "prepare-shard", "gather-clean", "load-db", "train-image",
+STAGES = {"open-run", "ingest", "prepare-shard", "featurize-shard", "gather-clean", "load-db",
+          "train-image",
           "train-text", "train-fusion", "build-index", "evaluate", "deploy"}
 TRAINING = ("train-image", "train-text", "train-fusion")
 
@@ -81,6 +82,12 @@ def test_compile_writes_the_dag(tmp_path):
     assert "prepare-shard" not in tasks["gather-clean"]["dependentTasks"]   # the loop, whole
     assert tasks["prepare-shard"]["inputs"]["parameters"]["shard"]["componentInputParameter"] \
         .endswith("ingest-Output-loop-item")
+    # in the same loop, each shard's photos featurized from that shard's clean output, and
+    # train_image after all of them (their records, the loop's fan-in)
+    assert tasks["featurize-shard"]["inputs"]["artifacts"]["clean_shard"]["taskOutputArtifact"] \
+        == {"producerTask": "prepare-shard", "outputArtifactKey": "clean_shard"}
+    assert tasks["train-image"]["inputs"]["artifacts"]["photo_features"]["taskOutputArtifact"] \
+        ["outputArtifactKey"] == "pipelinechannel--featurize-shard-photo_features"
     assert "open-run" in tasks["ingest"]["dependentTasks"]     # the source's fingerprint
     # images from config (locally: tagged with the code's digest); no per-run id anywhere in a
     # stage's inputs but open_run's run name
@@ -156,6 +163,11 @@ def test_the_monitoring_dag_decides_dry_run_at_run_time(tmp_path):
         given = drifted["inputDefinitions"]["artifacts"]
         [(name, definition)] = [(k, v) for k, v in given.items() if k.endswith(shards)]
         assert definition["isArtifactList"] is True
+        features = "pipelinechannel--featurize-shard-photo_features"
+        [(fname, fdef)] = [(k, v) for k, v in given.items() if k.endswith(features)]
+        assert fdef["isArtifactList"] is True
+        assert tasks["train-image"]["inputs"]["artifacts"]["photo_features"] == \
+            {"componentInputArtifact": fname}
         for stage in ("load-db", "train-image", "train-text", "train-fusion", "build-index",
                       "evaluate"):
             assert tasks[stage]["inputs"]["artifacts"]["clean_data"] == \

@@ -109,8 +109,11 @@ def test_images_come_from_the_ecr_prefix(eks):
         kind = KFP_STAGE_KINDS[stage]
         expected = {"data": f"{prefix}base:{cfg.kfp.image_tag}",
                     "evaluate": f"{prefix}trainer:{cfg.kfp.image_tag}",
-                    "train": f"{prefix}trainer:{cfg.kfp.image_tag}-gpu"}[kind]
-        assert image == expected, stage
+                    "train": f"{prefix}trainer:{cfg.kfp.image_tag}"}[kind]
+        assert image == expected + ("-gpu" if stage in GPU_STAGES else ""), stage
+    # the per-shard photo features: the trainer image (TensorFlow, the backbone's wheel), on
+    # the CPU node group, as many at once as the shards are cleaned
+    assert KFP_STAGE_KINDS["featurize_shard"] == "train" and "featurize_shard" not in GPU_STAGES
 
 
 def test_trainers_get_a_gpu_its_toleration_and_node_group(eks):
@@ -158,9 +161,10 @@ def test_retries_and_caching_as_configured(eks):
     # compute on their inputs (ingest included: the uncached open_run fingerprints the
     # source for it), off where the outside world is read or changed
     assert all(cfg.kfp.retries.get(s, 0) > 0 for s in
-               ("ingest", "prepare_shard", "build_index", *GPU_STAGES))
+               ("ingest", "prepare_shard", "featurize_shard", "build_index", *GPU_STAGES))
     cached = {s for s, t in tasks.items() if t["task"].get("cachingOptions", {}).get("enableCache")}
-    assert cached == {"ingest", "prepare_shard", "gather_clean", "build_index", *GPU_STAGES}
+    assert cached == {"ingest", "prepare_shard", "featurize_shard", "gather_clean", "build_index",
+                      *GPU_STAGES}
 
 
 def test_secrets_come_from_the_kubernetes_secret(eks):

@@ -73,6 +73,13 @@ def test_pipeline_trains_evaluates_indexes_and_deploys(pipeline_run, capsys):
     manifest = json.loads((run_dir / "ingest" / "raw_snapshot" / "snapshot.json").read_text())
     iterations = [p for p in run_dir.glob("for-loop-*-iteration-*") if (p / "prepare-shard").is_dir()]
     assert len(manifest["shards"]) >= 2 and len(iterations) == len(manifest["shards"])
+    # and in each, that shard's photos featurized into the cache, which train_image then read
+    featurized = [json.loads((p / "featurize-shard" / "photo_features" / "features.json").read_text())
+                  for p in iterations]
+    assert sorted(f["shard"] for f in featurized) == sorted(s["name"] for s in manifest["shards"])
+    image = json.loads((run_dir / "train-image" / "model" / "result.json").read_text())
+    assert image["featurized_photos"] == sum(f["computed"] for f in featurized) > 0
+    assert image["feature_cache_misses"] == 0
     assert summary["index"]["n_listings"] == summary["listings"]["clean"]
 
     import mlflow
@@ -85,7 +92,8 @@ def test_pipeline_trains_evaluates_indexes_and_deploys(pipeline_run, capsys):
     parent, children = _last_pipeline_run(client)
     assert parent.info.status == "FINISHED"          # closed by the DAG's exit handler
     stages = {r.data.tags["stage"] for r in children}
-    assert stages == {"ingest", "prepare_shard", "gather_clean", "load_db", "train_image",
+    assert stages == {"ingest", "prepare_shard", "featurize_shard", "gather_clean", "load_db",
+                      "train_image",
                       "train_text", "train_fusion", "build_index", "evaluate", "deploy"}
     assert {r.info.status for r in children} == {"FINISHED"}
     train_run = next(r for r in children if r.data.tags["stage"] == "train_image")

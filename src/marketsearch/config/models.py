@@ -63,6 +63,9 @@ class ImageModelConfig(TrainingRecipe):
     # The S3 endpoint of an s3:// feature_cache (MinIO, a test server); None: AWS's (or boto3's
     # $AWS_ENDPOINT_URL_S3).
     feature_cache_s3_endpoint_url: str | None = None
+    # featurize_shard puts a shard's photos in the cache this many at a time (one cache part
+    # each; memory: that many photos' pixels and features).
+    feature_chunk: int = Field(2048, ge=1)
     embedding_dim: int = 256
     epochs: int = 40
     patience: int = 6

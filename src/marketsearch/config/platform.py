@@ -49,13 +49,15 @@ class ServingConfig(_Section):
 
 # The pipeline's stages (KFP task names use dashes: train-image) and the kind of
 # each, which picks its image and its Kubernetes requests/limits.
-KFP_STAGES = ("open_run", "ingest", "prepare_shard", "gather_clean", "validate", "clean", "load_db",
+KFP_STAGES = ("open_run", "ingest", "prepare_shard", "featurize_shard", "gather_clean", "validate",
+              "clean", "load_db",
               "train_image", "train_text", "train_fusion", "build_index", "evaluate", "deploy",
               "drift_check", "close_run")
 KFP_STAGE_KINDS = {"open_run": "data", "ingest": "data", "prepare_shard": "data",
                    "gather_clean": "data",
                    "validate": "data", "clean": "data", "load_db": "data", "deploy": "data",
                    "close_run": "data",
+                   "featurize_shard": "train",
                    "train_image": "train", "train_text": "train", "train_fusion": "train",
                    "build_index": "evaluate", "evaluate": "evaluate", "drift_check": "evaluate"}
 

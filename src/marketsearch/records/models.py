@@ -104,3 +104,35 @@ class TrainedModel(Record):
         png = plots.training_curves_png(epoch_curves(self.history),
                                         Path(directory) / "training_curves.png", title)
         return Report(f"{title} training", [png], self.result)
+
+
+@dataclass
+class ShardFeatures(Record):
+    """featurize_shard's output: what it put in the photo-feature cache for one clean shard.
+    The features themselves live in the cache (``image_model.feature_cache``), where every
+    stage after reads them by photo content; this record says which shard, which backbone
+    (its model key), how many photos, how many were cached already and how many it computed,
+    and the seconds, or ``skipped`` with the reason (no cache configured, no frozen
+    backbone, no photos)."""
+    summary: dict
+
+    FILES = {"features.json": "the shard, the cache, the backbone's model key and the counts, "
+                              "or why nothing was computed"}
+
+    def save(self, directory):
+        snapshot.write_json(Path(directory), "features.json", self.summary)
+
+    @classmethod
+    def load(cls, directory):
+        return cls(snapshot.read_json(Path(directory), "features.json"))
+
+    def metrics(self):
+        return {k: self.summary[k] for k in ("n_photos", "from_cache", "computed", "seconds")
+                if k in self.summary}
+
+    def headline(self):
+        s = self.summary
+        if s.get("skipped"):
+            return f"{s.get('shard')}: no photo features computed: {s['skipped']}"
+        return (f"{s['shard']}: {s['n_photos']} photos, {s['from_cache']} already cached, "
+                f"{s['computed']} computed in {s['seconds']:.0f} s")

@@ -24,7 +24,7 @@ from marketsearch.steps.config_view import values_for
 # The KFP artifact type of each record.
 ARTIFACT_TYPES = {"Snapshot": "Dataset", "SnapshotShards": "Dataset", "ValidatedData": "Dataset",
                   "CleanData": "Dataset", "CleanShard": "Dataset", "CleanPlan": "Dataset",
-                  "TrainedModel": "Model", "Bundle": "Model", "Evaluation": "Artifact",
+                  "TrainedModel": "Model", "ShardFeatures": "Artifact", "Bundle": "Model", "Evaluation": "Artifact",
                   "Decision": "Artifact", "DriftResult": "Artifact", "Deployment": "Artifact"}
 SCALAR_TYPES = {"run_dir": "str", "seed": "int"}
 PIPELINE_RUN_ENV = "MARKETSEARCH_PIPELINE_RUN"
