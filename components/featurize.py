@@ -33,7 +33,7 @@ def _skipped(shard: CleanShard, why: str) -> ShardFeatures:
 def featurize_shard(cfg: Config, clean_shard) -> ShardFeatures:
     """Put the backbone features of every photo of ``clean_shard`` (a CleanShard or the
     directory of a saved CleanData) in the feature cache, ``image_model.feature_chunk``
-    photos at a time (one cache part each)."""
+    photos at a time (one cache part each; memory: one chunk's pixels and features)."""
     import time
 
     from marketsearch.feature_cache import FeatureCache, model_key
@@ -47,15 +47,16 @@ def featurize_shard(cfg: Config, clean_shard) -> ShardFeatures:
     cache = FeatureCache.from_config(cfg)
     if cache.store is None:
         return _skipped(shard, "no feature cache configured (image_model.feature_cache)")
-    data = shard.data()
-    rows = sorted(set(data.images["row"].astype(int))) if len(data.images) else []
+    photos = shard.images()
+    rows = sorted(set(photos["row"].astype(int))) if len(photos) else []
     if not rows:
         return _skipped(shard, "no photos")
     start = time.perf_counter()
-    model = build_features_model(image, int(data.pixels.shape[1]))
+    model = None
     chunk = image.feature_chunk
     for first in range(0, len(rows), chunk):
-        pixels = data.pixels[rows[first:first + chunk]]        # read from the memory map here
+        pixels = shard.photos(rows[first:first + chunk])   # one chunk's pages at a time
+        model = model or build_features_model(image, int(pixels.shape[1]))
         cache.features(model, pixels, desc=f"photo features ({shard.name})")
     stats = cache.stats
     return ShardFeatures({"shard": shard.name, "cache": str(cache.store.uri),

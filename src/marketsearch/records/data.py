@@ -320,6 +320,15 @@ class CleanShard(Record):
         """The shard's photo rows (``row`` indexes its pixels)."""
         return snapshot.read_table(self.directory, "images")
 
+    def photos(self, rows) -> np.ndarray:
+        """The pixels at ``rows``, copied out of a memory map opened for this call alone: its
+        pages are let go when it returns, so a task reading a large shard a chunk at a time
+        holds one chunk's pages, not every page it has read."""
+        pixels = np.load(self.directory / PIXELS_FILE, mmap_mode="r")
+        out = np.array(pixels[np.asarray(rows, dtype=np.int64)])
+        del pixels                                  # the copy holds no view: unmapped here
+        return out
+
     def quarantine(self) -> list[dict]:
         return snapshot.read_table(self.directory, "quarantine").to_dict("records")
 
