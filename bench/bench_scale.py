@@ -300,6 +300,10 @@ def projection(sizes: dict, args) -> dict:
     largest = sizes[keys[-1]]
     shards = math.ceil(n / eks.data.shard_rows)
     rows = n / shards
+    # featurize_shard holds at most image_model.feature_chunk photos at once: its memory
+    # grows with a shard's listings only up to that many photos' listings
+    photos_per_listing = largest["n_photos"] / largest["n_listings"]
+    memory_rows = {"featurize_shard": min(rows, eks.image_model.feature_chunk / photos_per_listing)}
     per_task = {}
     for stage in PER_SHARD:
         tasks = [t for k in keys for t in sizes[k]["stages"][stage]["per_task"]]
@@ -307,7 +311,9 @@ def projection(sizes: dict, args) -> dict:
         c, d = _line([t["rows"] for t in tasks], [t["peak_rss_mb"] for t in tasks])
         per_task[stage] = {"fixed_s": a, "per_listing_ms": 1000 * b, "rss_fixed_mb": c,
                            "rss_per_listing_kb": 1024 * d, "s_at_shard_rows": a + b * rows,
-                           "peak_rss_mb_at_shard_rows": c + d * rows, "n_tasks": len(tasks)}
+                           "memory_rows": memory_rows.get(stage, rows),
+                           "peak_rss_mb_at_shard_rows": c + d * memory_rows.get(stage, rows),
+                           "n_tasks": len(tasks)}
     task_mb = max(t["peak_rss_mb_at_shard_rows"] for t in per_task.values())
     # tasks a node takes: one a vCPU, as many as fit in 90% of its memory
     per_node = max(1, min(EKS["cpu_vcpus"], int(0.9 * EKS["cpu_memory_gib"] * 1024 // task_mb)))
@@ -389,7 +395,9 @@ def write_report(report: dict) -> None:
                      f"+ {t['rss_per_listing_kb']:.1f} KB a listing, so "
                      f"{t['s_at_shard_rows'] / 60:.1f} min and "
                      f"{t['peak_rss_mb_at_shard_rows']:,.0f} MB a task at {p['shard_rows']:,} "
-                     "listings.")
+                     "listings" + ("." if t.get("memory_rows", p["shard_rows"]) >= p["shard_rows"]
+                                   else f" (memory at {t['memory_rows']:,.0f} listings: "
+                                        "image_model.feature_chunk photos at a time)."))
     lines += ["", "| stage | fixed s | ms a listing | hours at 2M |", "|---|---:|---:|---:|"]
     for s, h in p["hours_by_stage"].items():
         f = p["fits"].get(s) or per_task[s]
@@ -416,6 +424,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rerun", nargs="+", choices=STAGES, dest="stages", default=None,
                     help="measure only these stages again, on the work directories and over "
                          "the figures of the last report (bench/reports/scale.json)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="measure nothing: write the report again from scale.json (with --note)")
     ap.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--overrides", help=argparse.SUPPRESS)
@@ -423,6 +433,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         run_child(args.child, Path(args.work), json.loads(args.overrides), args.shard)
+        return 0
+    if args.report_only:
+        report = json.loads((REPORTS / "scale.json").read_text())
+        report["notes"] = report.get("notes", []) + args.note
+        report["projection"] = projection(report["sizes"], argparse.Namespace(
+            epochs=report["run"]["epochs"]))
+        write_report(report)
+        say(f"wrote {REPORTS / 'scale.md'} and scale.json again (nothing measured)")
         return 0
     last = json.loads((REPORTS / "scale.json").read_text()) if args.stages else None
     sizes = dict(last["sizes"]) if last else {}          # a rerun keeps the sizes not named
