@@ -410,16 +410,53 @@ class OrderedQuantiles(layers.Layer):
         return {**super().get_config(), "median": self.median}
 
 
-def build_price_head(input_dim: int, cfg: PriceConfig, seed: int | None = None) -> keras.Model:
+@keras.saving.register_keras_serializable(package="marketsearch")
+class WrittenPrice(layers.Layer):
+    """(raw [N, K], gate [N, 1], features [N, D]) -> raw with its ``median`` column moved
+    towards the log-price the seller wrote: by ``gate`` (0..1, learnt) of the way, on rows
+    whose feature ``flag_column`` is 1 (a price is written), from feature ``value_column``
+    (its log). The quantiles built on it (``OrderedQuantiles``) move with their median.
+
+    A written price is the listed one about half the time; an MLP on the standardised
+    features only approximates "take it when it is believable", which this does exactly."""
+
+    def __init__(self, median: int, value_column: int, flag_column: int, **kwargs):
+        super().__init__(**kwargs)
+        self.median, self.value_column, self.flag_column = int(median), int(value_column), \
+            int(flag_column)
+
+    def call(self, inputs):
+        raw, gate, features = inputs
+        m = self.median
+        value = features[:, self.value_column:self.value_column + 1]
+        flag = features[:, self.flag_column:self.flag_column + 1]
+        centre = raw[:, m:m + 1]
+        moved = centre + gate * flag * (value - centre)
+        return ops.concatenate([raw[:, :m], moved, raw[:, m + 1:]], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "median": self.median,
+                "value_column": self.value_column, "flag_column": self.flag_column}
+
+
+def build_price_head(input_dim: int, cfg: PriceConfig, seed: int | None = None,
+                     written: tuple[int, int] | None = None) -> keras.Model:
     """float [N, input_dim] -> ``QUANTILES_LAYER`` [N, len(cfg.quantiles)]: log-price
     quantiles at ``cfg.quantiles``, in increasing order by construction (``OrderedQuantiles``).
 
     The input (the caller's: fused listing embedding, ``location_features``, modality-present
-    flags) is standardised (``Standardize``), then one ReLU layer of ``cfg.hidden`` units and
-    dropout. ``fit_price_head`` trains it from this state.
+    flags, ...) is standardised (``Standardize``), then one ReLU layer of ``cfg.hidden`` units
+    and dropout. ``written``: the input columns of the written log-price and of its flag; with
+    it (and ``cfg.written_gate``) a learnt gate moves the median towards that price
+    (``WrittenPrice``). ``fit_price_head`` trains it from this state.
     """
     if input_dim < 1:
         raise ValueError(f"input_dim {input_dim} must be at least 1")
+    if written is not None and not all(0 <= c < input_dim for c in written):
+        raise ValueError(f"written columns {written} are not inside the {input_dim} inputs")
     features = keras.Input((input_dim,), name="price_features")
     x = Standardize(name="standardize")(features)
     x = layers.Dense(cfg.hidden, activation="relu", name="price_hidden",
@@ -427,7 +464,12 @@ def build_price_head(input_dim: int, cfg: PriceConfig, seed: int | None = None) 
     x = layers.Dropout(cfg.dropout, seed=seed, name="price_dropout")(x)
     raw = layers.Dense(len(cfg.quantiles), name="price_raw",
                        kernel_initializer=keras.initializers.GlorotUniform(seed))(x)
-    quantiles = OrderedQuantiles(cfg.quantiles.index(0.5), name=QUANTILES_LAYER)(raw)
+    median = cfg.quantiles.index(0.5)
+    if written is not None and cfg.written_gate:
+        gate = layers.Dense(1, activation="sigmoid", name="price_gate",
+                            kernel_initializer=keras.initializers.GlorotUniform(seed))(x)
+        raw = WrittenPrice(median, *written, name="price_written")([raw, gate, features])
+    quantiles = OrderedQuantiles(median, name=QUANTILES_LAYER)(raw)
     return keras.Model(features, quantiles, name="price_head")
 
 

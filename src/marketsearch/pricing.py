@@ -61,6 +61,12 @@ def features(embedding: np.ndarray, texts, lat, lon, has_text, has_image,
                           axis=1).astype(np.float32)
 
 
+def written_columns(dim: int) -> tuple[int, int]:
+    """The columns of ``features``' rows (``dim`` wide) holding the written log-price and its
+    flag: the last two."""
+    return dim - 2, dim - 1
+
+
 _POUNDS = re.compile(r"£\s?(\d[\d,]*(?:\.\d+)?)")
 
 
@@ -202,7 +208,7 @@ def train_price(cfg, catalogue, bundle, out_dir: str | Path) -> dict[str, Any]:
     oof = _out_of_fold(train, pcfg.ridge_folds, seed)
     x = _head_input(rows["train"], [oof[i] for i in rows["train"]["id"]])
     x_val = _head_input(rows["val"], ridge_log_price(baselines["tfidf_ridge"], rows["val"]["text"]))
-    head = build_price_head(x.shape[1], pcfg, seed=seed)
+    head = build_price_head(x.shape[1], pcfg, seed=seed, written=written_columns(x.shape[1]))
     history = fit_price_head(head, x, rows["train"]["log_price"], x_val, rows["val"]["log_price"],
                              pcfg, seed)
     head.save(Path(out_dir) / PRICE_FILE)

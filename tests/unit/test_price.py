@@ -243,6 +243,42 @@ def test_head_round_trips_through_keras_file(trained, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+def _with_gate(head, bias: float):
+    """``head`` with its written-price gate forced open (large bias) or shut (very negative)."""
+    gate = head.get_layer("price_gate")
+    kernel, _ = gate.get_weights()
+    gate.set_weights([np.zeros_like(kernel), np.full((1,), bias, np.float32)])
+    return head
+
+
+def test_written_price_gate_moves_the_median_of_rows_that_state_a_price(tmp_path):
+    """The gate open, a row that states a price gets exactly it as its median; a row that
+    states none answers as with the gate shut; the quantiles still never cross."""
+    cfg = PriceConfig(hidden=8)
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    x[:, 5] = [1, 0, 1, 0]                                   # flag: a price is written
+    x[:, 4] = np.log([10.0, 999.0, 250.0, 999.0])            # its log (ignored without flag)
+    head = build_price_head(6, cfg, seed=0, written=(4, 5))
+    head.get_layer("standardize").adapt(np.random.default_rng(1).normal(size=(50, 6)))
+    opened = _with_gate(head, 50.0).predict(x, verbose=0)
+    np.testing.assert_allclose(opened[[0, 2], 1], np.log([10.0, 250.0]), rtol=1e-5)
+    assert (np.diff(opened, axis=1) > 0).all()
+    shut = _with_gate(head, -50.0).predict(x, verbose=0)
+    _with_gate(head, 50.0)
+    np.testing.assert_allclose(opened[[1, 3]], shut[[1, 3]], rtol=1e-6)
+    assert np.abs(opened[[0, 2], 1] - shut[[0, 2], 1]).min() > 1e-3
+    # saved and loaded, it answers the same
+    head.save(tmp_path / "price.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "price.keras").predict(
+        x, verbose=0), opened, rtol=1e-6)
+    # off by config, or without the columns, there is no gate
+    assert "price_gate" not in [layer.name for layer in build_price_head(
+        6, PriceConfig(written_gate=False), written=(4, 5)).layers]
+    assert "price_gate" not in [layer.name for layer in build_price_head(6, cfg).layers]
+    with pytest.raises(ValueError, match=r"written columns \(4, 6\) are not inside the 6"):
+        build_price_head(6, cfg, written=(4, 6))
+
+
 def test_fit_refuses_bad_rows_and_a_mismatched_config():
     head = build_price_head(DIM, HEAD_CFG, seed=0)
     x, logp = _linear(20, 0)
