@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import logging
 import shutil
 from pathlib import Path
@@ -13,8 +15,10 @@ import pytest
 
 from marketsearch.config import Config
 from marketsearch.schema import RAW_IMAGE_COLUMNS, RAW_PRODUCT_COLUMNS
-from marketsearch.sources import (RawData, read_local, read_postgres, read_s3, read_source,
-                                  redact_url, sample)
+from marketsearch import sources
+from marketsearch.sources import (RawData, Selection, chunks_local, chunks_postgres, chunks_s3,
+                                  concat, iter_csv_text, read_local, read_postgres, read_s3,
+                                  read_source, redact_url, sample)
 from marketsearch.text import root_category
 
 JPEG = b"\xff\xd8"
@@ -378,3 +382,198 @@ def test_ingest_streams_s3_photos_shard_by_shard(s3_endpoint: str, s3_bucket: st
     row = snap.images.set_index("id").loc[gone]
     assert row["source_error"] == f"photo object s3://{s3_bucket}/gumtree/images/{gone}.jpg not found"
     assert snap.manifest["n_images_unreadable"] == 1
+
+
+# --- chunked readers: the same rows, a chunk at a time --------------------------------------------
+def assert_chunks_are_the_whole(chunked, whole: RawData, chunk_rows: int) -> None:
+    """A ChunkedSource's chunks: at most chunk_rows rows each, one fetcher object per source,
+    and put together the whole read's photo index (its fetchers' keys included)."""
+    for name in ("listings", "photos"):
+        frames = list(getattr(chunked, name)())
+        assert max(len(f) for f in frames) <= chunk_rows and len(frames) > 1
+    index = chunked.index()
+    pd.testing.assert_frame_equal(index.products, whole.products)
+    fetchers = {id(f) for f in index.images["_fetch"] if f is not None}
+    assert len(fetchers) == 1
+    pd.testing.assert_frame_equal(index.images.drop(columns=["_fetch"]),
+                                  whole.images.drop(columns=["_fetch"]))
+    assert_same_raw(RawData(index.products, sources.fetch_photos(index.images)),
+                    RawData(whole.products, sources.fetch_photos(whole.images)))
+
+
+def test_iter_csv_text_chunks_are_the_whole_read(fixture_dir: Path, tmp_path: Path):
+    src = copy_fixture(fixture_dir, tmp_path / "src")
+    text = (src / "products.csv").read_bytes().decode("utf-8")
+    header, first, rest = text.split("\n", 2)
+    cells = first.split('","')
+    cells[3] = 'line one\nline two\r\nline three\rline four'
+    (src / "products.csv").write_bytes(("\ufeff" + "\n".join([header, '","'.join(cells), rest]))
+                                      .encode("utf-8"))
+    whole = pd.read_csv(src / "products.csv", dtype=str, keep_default_na=False,
+                        na_filter=False, encoding="utf-8-sig")
+    for chunk_rows in (1, 7, 52, 1000):
+        chunks = list(iter_csv_text(src / "products.csv", "products.csv", chunk_rows))
+        assert len(chunks) == -(-52 // chunk_rows)
+        pd.testing.assert_frame_equal(pd.concat(chunks), whole)
+    assert whole["product_description"].iloc[0] == "line one\nline two\r\nline three\rline four"
+    # a header alone: one empty chunk with its columns; nothing at all: one empty frame
+    (header_only,) = iter_csv_text(io.BytesIO(b'"id","name"\n'), "x.csv", 5)
+    assert list(header_only.columns) == ["id", "name"] and len(header_only) == 0
+    (nothing,) = iter_csv_text(io.BytesIO(b""), "x.csv", 5)
+    assert nothing.empty and not len(nothing.columns)
+    with pytest.raises(ValueError, match="x.csv is not a readable CSV"):
+        list(iter_csv_text(io.BytesIO(b'"a","b"\n"1","2"\n"1","2","3"\n'), "x.csv", 5))
+
+
+def test_chunks_local_are_the_whole_read(fixture_dir: Path, tmp_path: Path):
+    whole = sources.chunks_local(fixture_dir, 10**9).index()
+    assert_chunks_are_the_whole(chunks_local(fixture_dir, 7), whole, 7)
+    assert_same_raw(RawData(whole.products, sources.fetch_photos(whole.images)),
+                    read_local(fixture_dir))
+
+
+def test_chunks_s3_stream_the_whole_read(s3_endpoint: str, s3_bucket: str, fixture_dir: Path,
+                                         local_raw: RawData):
+    upload_fixture(s3_endpoint, s3_bucket, "raw/", fixture_dir)
+    uri = f"s3://{s3_bucket}/raw"
+    whole = chunks_s3(uri, endpoint_url=s3_endpoint, chunk_rows=10**9).index()
+    assert_chunks_are_the_whole(chunks_s3(uri, endpoint_url=s3_endpoint, chunk_rows=7), whole, 7)
+    assert_same_raw(RawData(whole.products, sources.fetch_photos(whole.images)), local_raw)
+    with pytest.raises(FileNotFoundError, match="bucket"):
+        chunks_s3(f"s3://{s3_bucket}-nope/raw", endpoint_url=s3_endpoint)
+    with pytest.raises(FileNotFoundError, match="products.csv"):
+        chunks_s3(f"s3://{s3_bucket}/elsewhere", endpoint_url=s3_endpoint)
+
+
+def test_chunks_postgres_fetch_many_from_a_server_side_cursor(postgres_db_url: str,
+                                                              local_raw: RawData):
+    load_into_postgres(postgres_db_url, local_raw, with_bytes=True)
+    whole = chunks_postgres(postgres_db_url, chunk_rows=10**9).index()
+    assert_chunks_are_the_whole(chunks_postgres(postgres_db_url, chunk_rows=7), whole, 7)
+    assert_same_raw(RawData(whole.products, sources.fetch_photos(whole.images)), local_raw,
+                    any_order=True)
+    with pytest.raises(FileNotFoundError, match="no_such_table"):
+        chunks_postgres(postgres_db_url, "products", "no_such_table")
+
+
+# --- Selection: what sample and concat keep, decided chunk by chunk --------------------------------
+def _messy_source(fixture_dir: Path, dest: Path, product_id: bool = True) -> Path:
+    """The fixture with photos of no listing and a blank (unparseable) category."""
+    src = copy_fixture(fixture_dir, dest)
+    products = pd.read_csv(src / "products.csv", dtype=str, keep_default_na=False)
+    products.loc[[0, 30], "category"] = ["", "no root / at all"]
+    products.loc[31, "category"] = " / Sub only"
+    products.to_csv(src / "products.csv", index=False, quoting=csv.QUOTE_ALL)
+    images = pd.read_csv(src / "images.csv", dtype=str, keep_default_na=False)
+    orphans = images.iloc[:11].copy()
+    orphans["id"] = [f"orphan-{i}" for i in range(11)]
+    orphans["product_id"] = "no-such-listing"
+    images = pd.concat([images.iloc[:20], orphans, images.iloc[20:]])
+    if not product_id:
+        images = images.drop(columns=["product_id"])
+    images.to_csv(src / "images.csv", index=False, quoting=csv.QUOTE_ALL)
+    return src
+
+
+def _read(readers) -> list[tuple]:
+    """Each reader's name, listing chunks, photo chunks and whole index, read once."""
+    return [(r.source, list(r.listings()), list(r.photos()), r.index()) for r in readers]
+
+
+def _selected(read: list[tuple], limit, seed) -> RawData:
+    """The rows Selection keeps of the sources (shown last to first), put together."""
+    select = Selection([name for name, *_ in read], limit, seed)
+    for k in reversed(range(len(read))):
+        _, listings, photos, _ = read[k]
+        for chunk in listings:
+            select.listings(k, chunk)
+        for chunk in photos:
+            select.photos(k, chunk)
+        select.done(k)
+    products, images = [], []
+    for k, (_, _, _, index) in enumerate(read):
+        keep_p, keep_i = select.listing_mask(k), select.photo_mask(k)
+        products.append(index.products if keep_p is None else index.products[keep_p])
+        images.append(index.images if keep_i is None else index.images[keep_i])
+    return RawData(pd.concat(products, ignore_index=True), pd.concat(images, ignore_index=True))
+
+
+def _rows(raw: RawData) -> tuple:
+    return (raw.products["id"].tolist(), raw.products["category"].tolist(),
+            raw.images["id"].tolist())
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 1000])
+def test_selection_samples_what_sample_samples(fixture_dir: Path, tmp_path: Path, chunk_rows):
+    for product_id in (True, False):
+        src = _messy_source(fixture_dir, tmp_path / f"src-{product_id}", product_id)
+        whole = read_local(src)
+        read = _read([chunks_local(src, chunk_rows)])
+        for limit in (None, 0, 1, 13, 26, 51, 52, 100):
+            for seed in (0, 1, 7):
+                expected = sample(whole, limit, seed)
+                got = _selected(read, limit, seed)
+                assert _rows(got) == _rows(expected), (product_id, limit, seed)
+    with pytest.raises(ValueError, match="negative"):
+        Selection(["x"], -1)
+
+
+def test_selection_appends_later_sources_as_concat_does(fixture_dir: Path, tmp_path: Path):
+    first = _messy_source(fixture_dir, tmp_path / "first")
+    newer = copy_fixture(fixture_dir, tmp_path / "newer")
+    products = pd.read_csv(newer / "products.csv", dtype=str, keep_default_na=False)
+    added = products.iloc[:3].assign(id=[f"new-{i}" for i in range(3)])
+    pd.concat([products.iloc[::3], added, products.iloc[[1]]]).to_csv(
+        newer / "products.csv", index=False, quoting=csv.QUOTE_ALL)      # a duplicate too
+    images = pd.read_csv(newer / "images.csv", dtype=str, keep_default_na=False)
+    images.iloc[::2].to_csv(newer / "images.csv", index=False, quoting=csv.QUOTE_ALL)
+    newest = copy_fixture(fixture_dir, tmp_path / "newest")
+    pd.DataFrame(columns=list(products.columns)).to_csv(newest / "products.csv", index=False)
+    images.iloc[::5].to_csv(newest / "images.csv", index=False, quoting=csv.QUOTE_ALL)
+    for limit in (None, 20):
+        for extras in ([newer], [newer, newest], [newest, newer, first]):
+            expected = sample(read_local(first), limit, 5)
+            for extra in extras:
+                expected = concat(expected, read_local(extra))
+            read = _read([chunks_local(d, 4) for d in [first, *extras]])
+            assert _rows(_selected(read, limit, 5)) == _rows(expected), (limit, extras)
+
+
+# --- ingest in chunks from the services: the snapshot of a whole read -----------------------------
+def _whole_read_manifest(cfg, directory: Path) -> list[dict]:
+    whole = cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"ingest_chunk_rows": 10**9})})
+    raw = read_source(whole)
+    images = raw.images.copy()
+    images["sha256"] = [hashlib.sha256(b).hexdigest() if b else "" for b in images["data"]]
+    from marketsearch import shards
+    return [e.as_dict() for e in shards.write(directory, raw.products, images,
+                                              cfg.data.shard_rows)]
+
+
+@pytest.mark.parametrize("source", ["s3", "postgres"])
+def test_ingest_in_chunks_smaller_than_a_shard_is_the_whole_read(
+        source: str, s3_endpoint: str, s3_bucket: str, postgres_db_url: str,
+        fixture_dir: Path, tmp_path: Path):
+    from marketsearch import snapshot
+    from marketsearch.components.ingest import ingest
+
+    data = {"shard_rows": 8, "ingest_chunk_rows": 7, "limit": 40,
+            "local_dir": str(tmp_path / "none")}
+    if source == "s3":
+        upload_fixture(s3_endpoint, s3_bucket, "gumtree/", fixture_dir)
+        data.update(source="s3", s3_uri=f"s3://{s3_bucket}/gumtree/",
+                    s3_endpoint_url=s3_endpoint)
+    else:
+        load_into_postgres(postgres_db_url, read_local(fixture_dir), with_bytes=True)
+        data.update(source="postgres", postgres_url=postgres_db_url)
+    cfg = Config.model_validate({"data": data, "seed": 11})
+    expected = _whole_read_manifest(cfg, tmp_path / "whole")
+    snap = ingest(cfg, out_dir=tmp_path / "streamed")
+    assert snap.manifest["shards"] == expected and len(expected) > 4
+    assert snap.manifest["n_products"] == 40
+    for entry in expected:
+        for table in ("products", "images"):
+            pd.testing.assert_frame_equal(
+                snapshot.read_table(tmp_path / "streamed" / entry["path"], table),
+                snapshot.read_table(tmp_path / "whole" / entry["path"], table))

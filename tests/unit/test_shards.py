@@ -81,3 +81,73 @@ def test_the_snapshot_saves_in_shards_and_loads_whole(tmp_path):
 def test_shard_rows_must_be_positive():
     with pytest.raises(ValueError, match="shard_rows"):
         shards.split(np.zeros(3, dtype=np.uint64), 0)
+
+
+def test_leaf_index_is_leaf_of():
+    rng = np.random.default_rng(0)
+    for n, shard_rows in ((0, 5), (1, 5), (300, 7), (2000, 64)):
+        leaves = shards.split(shards.id_hashes([f"id-{i}" for i in range(n)]), shard_rows)
+        probes = np.concatenate([rng.integers(0, 2**64, 500, dtype=np.uint64),
+                                 np.array([0, 2**63, 2**64 - 1], dtype=np.uint64),
+                                 shards.leaf_starts(leaves)])
+        names = sorted(leaves)
+        assert [names[i] for i in shards.leaf_index(probes, shards.leaf_starts(leaves))] \
+            == shards.leaf_of(probes, leaves)
+
+
+def _spilled(tmp_path, products, images, shard_rows, chunk_rows, group_rows,
+             listing_mask=None, photo_mask=None):
+    """shards.Spill fed ``chunk_rows`` at a time (two sources: the frames cut in half)."""
+    directory = tmp_path / f"spill-{chunk_rows}-{group_rows}"
+    directory.mkdir()
+    spill = shards.Spill(directory, shard_rows, group_rows)
+    halves = {"products": (products.iloc[:len(products) // 2], products.iloc[len(products) // 2:]),
+              "images": (images.iloc[:len(images) // 3], images.iloc[len(images) // 3:])}
+    for source in (1, 0):                       # any order of sources: each keeps its number
+        for table, parts in halves.items():
+            frame = parts[source]
+            for start in range(0, max(len(frame), 1), chunk_rows):
+                spill.put(table, source, frame.iloc[start:start + chunk_rows])
+    split_at = {"products": len(halves["products"][0]), "images": len(halves["images"][0])}
+
+    def per_source(mask, table):
+        return {} if mask is None else {0: mask[:split_at[table]], 1: mask[split_at[table]:]}
+
+    spill.deal(per_source(listing_mask, "products"), per_source(photo_mask, "images"))
+    out = list(spill.shards())
+    assert spill.n_shards == len(out) and not list(directory.iterdir())   # every file read
+    return [(shards.shard_name(prefix), p, i) for prefix, p, i in out]
+
+
+@pytest.mark.parametrize("chunk_rows,group_rows", [(5, 1), (7, 7), (13, 200), (1000, 40)])
+def test_spill_in_chunks_deals_what_assign_deals(tmp_path, chunk_rows, group_rows):
+    products, images = _catalogue(400, photos_per_listing=3)
+    products = pd.concat([products, products.iloc[[5, 300]]], ignore_index=True)  # duplicates
+    orphans = pd.DataFrame({"id": ["lost-1", "lost-2"], "product_id": ["nobody", "listing-999999"]})
+    images = pd.concat([images.iloc[::-1], orphans], ignore_index=True)
+    expected = list(shards.assign(products, images, shard_rows=30))
+    got = _spilled(tmp_path, products, images, 30, chunk_rows, group_rows)
+    assert [n for n, _, _ in got] == [n for n, _, _ in expected]
+    for (_, p, i), (_, ep, ei) in zip(got, expected):
+        pd.testing.assert_frame_equal(p, ep)
+        pd.testing.assert_frame_equal(i, ei)
+
+
+def test_spill_keeps_only_the_rows_the_masks_keep(tmp_path):
+    products, images = _catalogue(300)
+    rng = np.random.default_rng(1)
+    keep_p, keep_i = rng.random(len(products)) < 0.5, rng.random(len(images)) < 0.7
+    expected = list(shards.assign(products[keep_p], images[keep_i], shard_rows=20))
+    got = _spilled(tmp_path, products, images, 20, 16, 50, keep_p, keep_i)
+    assert [n for n, _, _ in got] == [n for n, _, _ in expected]
+    for (_, p, i), (_, ep, ei) in zip(got, expected):
+        pd.testing.assert_frame_equal(p, ep.reset_index(drop=True))
+        pd.testing.assert_frame_equal(i, ei.reset_index(drop=True))
+
+
+def test_spill_says_which_column_a_shard_needs(tmp_path):
+    spill = shards.Spill(tmp_path, 10, 10)
+    with pytest.raises(ValueError, match="id column"):
+        spill.put("products", 0, pd.DataFrame({"name": ["x"]}))
+    with pytest.raises(ValueError, match="product_id column"):
+        spill.put("images", 0, pd.DataFrame({"id": ["x"]}))

@@ -31,6 +31,9 @@ class DataConfig(_Section):
     # (marketsearch.shards): ingest writes them, the training DAG validates and cleans each in
     # a task of its own (components/shard.py), the database upsert commits one per transaction.
     shard_rows: int = Field(1000, gt=0)
+    # ingest reads the source this many listing (or photo) rows at a time and spills them to
+    # scratch files by shard, so that its memory is a chunk or a shard, never the catalogue.
+    ingest_chunk_rows: int = Field(50_000, gt=0)
     # A shard's clean data by its content, config and code: an unchanged shard is not
     # validated and cleaned again. A local directory or an s3://bucket/prefix (config/eks.yaml:
     # the data bucket, as a pod's disk does not outlive it). None: off.

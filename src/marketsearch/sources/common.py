@@ -1,11 +1,13 @@
 """What every source shares: ``RawData``, the file names of a file source, shaping frames so
-that every value is a str, reading a marketplace CSV, and fetching photo bytes later
-(``PhotoFetcher``, ``fetch_photos``)."""
+that every value is a str, reading a marketplace CSV (in chunks: ``iter_csv_text``), a source
+read in chunks (``ChunkedSource``), and fetching photo bytes later (``PhotoFetcher``,
+``fetch_photos``; ``PhotoIndexCodec`` to keep a photo index on disk meanwhile)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from marketsearch.schema import RAW_IMAGE_COLUMNS
@@ -13,6 +15,8 @@ from marketsearch.schema import RAW_IMAGE_COLUMNS
 PRODUCTS_FILE = "products.csv"
 IMAGES_FILE = "images.csv"
 PHOTO_DIR = "images"
+# Rows a chunked reader hands on at a time when nobody says (data.ingest_chunk_rows's default).
+CHUNK_ROWS = 50_000
 
 
 @dataclass
@@ -39,6 +43,36 @@ class RawData:
         errors = int((self.images["source_error"] != "").sum()) if len(self.images) else 0
         return {"source": self.source, "products": len(self.products),
                 "images": len(self.images), "photo_errors": errors}
+
+
+@dataclass
+class ChunkedSource:
+    """A source read a chunk at a time (``chunks_local``, ``chunks_s3``, ``chunks_postgres``).
+
+    ``listings()`` iterates its listing rows as ``RawData.products`` frames, ``photos()`` its
+    photo rows as photo-index frames (``RawData.images`` without bytes), each in the source's
+    order, at most ``chunk_rows`` rows a frame, reading the source afresh on every call. Each
+    yields at least one frame (an empty one when there are no rows), so that the columns are
+    known. Chunking never changes a row: the chunks put together are what a whole read gives
+    (``index``), and the photo fetchers are the source's own, one object each for all its
+    chunks (``fetch_photos`` calls each once)."""
+
+    source: str
+    listings: Callable[[], Iterator[pd.DataFrame]]
+    photos: Callable[[], Iterator[pd.DataFrame]]
+
+    def index(self) -> RawData:
+        """The whole photo index (every chunk in memory at once: small data and tests)."""
+        return RawData(concat_chunks(self.listings()), concat_chunks(self.photos()),
+                       source=self.source)
+
+
+def concat_chunks(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """Chunks of one table -> the table (a new RangeIndex)."""
+    frames = list(frames)
+    if len(frames) == 1:
+        return frames[0].reset_index(drop=True)
+    return pd.concat(frames, ignore_index=True)
 
 
 # --- shaping -----------------------------------------------------------------------------
@@ -99,6 +133,67 @@ def is_index(images: pd.DataFrame) -> bool:
     return FETCH in images.columns
 
 
+class PhotoIndexCodec:
+    """Photo-index rows <-> a frame of plain columns that parquet can hold, to keep a photo
+    index on disk while it waits for its bytes (ingest's spill): ``data`` (None everywhere in
+    an index) is left out and ``_fetch`` becomes ``CODE``, a number into this codec's list of
+    fetchers (-1: None). Decode with the codec that encoded."""
+
+    CODE = "_ms_fetch"
+
+    def __init__(self):
+        self.fetchers: list = []
+        self._codes: dict[int, int] = {}
+
+    def _code(self, fetcher) -> int:
+        if fetcher is None:
+            return -1
+        code = self._codes.get(id(fetcher))
+        if code is None:                       # the list keeps it alive: its id stays its own
+            code = self._codes[id(fetcher)] = len(self.fetchers)
+            self.fetchers.append(fetcher)
+        return code
+
+    def encode(self, index: pd.DataFrame) -> pd.DataFrame:
+        codes = np.fromiter((self._code(f) for f in index[FETCH]), dtype=np.int32,
+                            count=len(index))
+        plain = index.drop(columns=["data", FETCH])
+        plain[self.CODE] = codes
+        return plain
+
+    def decode(self, plain: pd.DataFrame, columns: list) -> pd.DataFrame:
+        """``encode``'s frame -> photo-index rows with ``columns`` (the index's columns, in
+        order; one the frame lacks is NaN, as ``pd.concat`` leaves it). A frame without rows
+        may lack every column."""
+        if self.CODE not in plain.columns and not len(plain):
+            return conform(plain, columns, np.nan)
+        index = plain.drop(columns=[self.CODE])
+        index["data"] = pd.Series([None] * len(index), index=index.index, dtype=object)
+        index[FETCH] = pd.Series([self.fetchers[c] if c >= 0 else None
+                                  for c in plain[self.CODE].tolist()],
+                                 index=index.index, dtype=object)
+        return conform(index, columns, np.nan)
+
+
+def union_columns(column_lists: Iterable[list]) -> list:
+    """The columns of ``pd.concat`` of frames with these columns: each in the order it first
+    appears."""
+    out: list = []
+    for columns in column_lists:
+        out.extend(c for c in columns if c not in out)
+    return out
+
+
+def conform(frame: pd.DataFrame, columns: list, fill) -> pd.DataFrame:
+    """``frame`` with exactly ``columns``, in order: a missing one is ``fill`` in every row (an
+    object column, as ``pd.concat`` of frames with and without it leaves it)."""
+    frame = frame.copy()
+    for column in columns:
+        if column not in frame.columns:
+            frame[column] = pd.Series([fill] * len(frame), index=frame.index, dtype=object)
+    return frame[list(columns)]
+
+
 def fetch_photos(index: pd.DataFrame) -> pd.DataFrame:
     """Rows of a photo index -> the same rows with their bytes in ``data`` and ``source_error``
     set as a full read would set them (the private columns dropped). One call per fetcher,
@@ -124,17 +219,48 @@ def fetch_photos(index: pd.DataFrame) -> pd.DataFrame:
 def read_csv_text(source, name: str) -> pd.DataFrame:
     """A marketplace CSV (all fields quoted, line breaks and bare CRs inside fields) -> str frame.
 
-    Rows with too few fields get "" for the rest; the validate stage reports them.
+    Rows with too few fields get "" for the rest; the validate stage reports them. The chunks
+    of ``iter_csv_text`` put together (one parsing path for both).
     """
+    frames = list(iter_csv_text(source, name))
+    return frames[0] if len(frames) == 1 else pd.concat(frames)
+
+
+_CSV_OPTIONS = dict(dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig",
+                    quotechar='"', doublequote=True, skipinitialspace=False)
+
+
+def iter_csv_text(source, name: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """``read_csv_text`` a chunk at a time: str frames of at most ``chunk_rows`` rows, in file
+    order, numbered on (the second chunk's index goes on from the first's). ``source``: a path
+    or a binary file object, read as the chunks are asked for. At least one frame: an empty
+    file gives ``pd.DataFrame()``, a header alone an empty frame with its columns.
+
+    One quirk of pandas' C parser moves with the chunks: it lets the first row it tokenizes in
+    a batch have more fields than the header (cut to the header's width) where any other row
+    with too many fields is an error. A whole read has the same blind spot at its own
+    batches' starts (every 2**k rows, 131,072 for six columns); read in chunks it is the first
+    row of each chunk instead. Only such a malformed row reads differently."""
     try:
-        df = pd.read_csv(source, dtype=str, keep_default_na=False, na_filter=False,
-                         encoding="utf-8-sig", quotechar='"', doublequote=True,
-                         skipinitialspace=False)
+        reader = pd.read_csv(source, chunksize=chunk_rows, **_CSV_OPTIONS)
     except pd.errors.EmptyDataError:
-        return pd.DataFrame()
+        yield pd.DataFrame()
+        return
     except pd.errors.ParserError as exc:
         raise ValueError(f"{name} is not a readable CSV file: {exc}") from exc
-    return df
+    given = False
+    with reader:
+        while True:
+            try:
+                chunk = reader.get_chunk()
+            except StopIteration:
+                break
+            except pd.errors.ParserError as exc:
+                raise ValueError(f"{name} is not a readable CSV file: {exc}") from exc
+            given = True
+            yield chunk
+    if not given:                                       # pragma: no cover - pandas gives one
+        yield pd.DataFrame()
 
 
 def _photo_id(images: pd.DataFrame) -> pd.Series | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,8 @@ from tqdm.auto import tqdm
 
 from marketsearch.schema import RAW_PRODUCT_COLUMNS
 
-from .common import RawData, _as_str_frame, _index_frame, _photo_id, fetch_photos
+from .common import (CHUNK_ROWS, ChunkedSource, RawData, _as_str_frame, _index_frame, _photo_id,
+                     fetch_photos)
 from .local import FolderPhotos
 from .s3 import S3Photos, parse_s3_uri, s3_client
 
@@ -43,11 +45,24 @@ def _table_sql(name: str):
     return sql.SQL(".").join(sql.Identifier(p) for p in parts)
 
 
-def _fetch_table(conn, table: str, what: str, without: str | None = None
-                 ) -> tuple[list[str], list[tuple]]:
-    """Every row of ``table`` (sorted by id when it has one). ``without``: a column to leave
-    out (the photo bytes); the rows then end with the row's ctid (text) and whether that
-    column is NULL, named CTID and IS_NULL."""
+def _check_table(conn, table: str, what: str) -> None:
+    """FileNotFoundError when ``table`` is not there."""
+    import psycopg2
+    from psycopg2 import sql
+
+    with conn.cursor() as cur:
+        try:
+            cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(_table_sql(table)))
+        except psycopg2.errors.UndefinedTable as exc:
+            raise FileNotFoundError(f"{what} table {table!r} not found") from exc
+
+
+def _iter_table(conn, table: str, what: str, chunk_rows: int, without: str | None = None
+                ) -> Iterator[tuple[list[str], list[tuple]]]:
+    """Every row of ``table`` (sorted by id when it has one), ``chunk_rows`` at a time from a
+    server-side cursor: (column names, rows) per chunk, at least one chunk. ``without``: a
+    column to leave out (the photo bytes); the rows then end with the row's ctid (text) and
+    whether that column is NULL, named CTID and IS_NULL."""
     import psycopg2
     from psycopg2 import sql
 
@@ -71,17 +86,20 @@ def _fetch_table(conn, table: str, what: str, without: str | None = None
     # A table has no order of its own: sort by id (when there is one) for a stable snapshot.
     if "id" in names:
         query = sql.SQL("{} ORDER BY {}").format(query, sql.Identifier("id"))
-    rows: list[tuple] = []
     with conn.cursor(name=f"ms_read_{what}") as cur:       # server-side: streams in batches
-        cur.itersize = 2000
         cur.execute(query)
         with tqdm(total=total, desc=f"read {table}", unit="row", leave=False,
                   disable=total < 2000) as bar:
-            for row in cur:
-                rows.append(row)
-                bar.update(1)
-        columns = [d.name for d in cur.description]
-    return columns, rows
+            given = False
+            while True:
+                rows = cur.fetchmany(chunk_rows)
+                if not rows and given:
+                    break
+                given = True
+                bar.update(len(rows))
+                yield [d.name for d in cur.description], rows
+                if len(rows) < chunk_rows:
+                    break
 
 
 CTID, IS_NULL = "_ms_ctid", "_ms_data_is_null"     # private columns of the photo index query
@@ -138,31 +156,55 @@ class TablePhotos:
         return f"TablePhotos({redact_url(self.url)!r}, {self.table!r})"
 
 
-def index_postgres(url: str, products_table: str = "products", images_table: str = "images",
-                   image_dir_or_s3: str | os.PathLike | None = None,
-                   endpoint_url: str | None = None) -> RawData:
-    """Listings and photo rows from two Postgres tables, a photo index (RawData): the photo
-    rows are read without their bytes; ``fetch_photos`` reads them later (see read_postgres
-    for where from)."""
-    conn = _connect(url)
+def chunks_postgres(url: str, products_table: str = "products", images_table: str = "images",
+                    image_dir_or_s3: str | os.PathLike | None = None,
+                    endpoint_url: str | None = None,
+                    chunk_rows: int = CHUNK_ROWS) -> ChunkedSource:
+    """Listings and photo rows from two Postgres tables, ``chunk_rows`` rows at a time from a
+    server-side cursor (a ChunkedSource; its photo rows are read without their bytes, which
+    ``fetch_photos`` reads later: see read_postgres for where from). Each pass over a table is
+    one read-only query on a connection of its own."""
+    conn = _connect(url)                    # fail now on a bad URL or a missing table
     try:
-        conn.set_session(readonly=True)
-        p_cols, p_rows = _fetch_table(conn, products_table, "products")
-        i_cols, i_rows = _fetch_table(conn, images_table, "images", without="data")
+        _check_table(conn, products_table, "products")
+        _check_table(conn, images_table, "images")
     finally:
         conn.close()
+    table = TablePhotos(url, images_table)
+    elsewhere: list = []                    # the fetcher of image_dir_or_s3, made when needed
 
-    products = _as_str_frame(pd.DataFrame(p_rows, columns=p_cols, dtype=object),
-                             RAW_PRODUCT_COLUMNS)
-    del p_rows
-    meta = pd.DataFrame(i_rows, columns=i_cols, dtype=object)
-    del i_rows
+    def rows_of(name: str, what: str, without: str | None = None):
+        conn = _connect(url)
+        try:
+            conn.set_session(readonly=True)
+            yield from _iter_table(conn, name, what, chunk_rows, without)
+        finally:
+            conn.close()
+
+    def listings():
+        for columns, rows in rows_of(products_table, "products"):
+            yield _as_str_frame(pd.DataFrame(rows, columns=columns, dtype=object),
+                                RAW_PRODUCT_COLUMNS)
+
+    def photos():
+        for columns, rows in rows_of(images_table, "images", without="data"):
+            meta = pd.DataFrame(rows, columns=columns, dtype=object)
+            del rows
+            yield _photo_index(meta, table, images_table, image_dir_or_s3, endpoint_url,
+                               elsewhere)
+
+    return ChunkedSource(f"postgres:{redact_url(url)}/{products_table},{images_table}",
+                         listings, photos)
+
+
+def _photo_index(meta: pd.DataFrame, table: "TablePhotos", images_table: str,
+                 image_dir_or_s3, endpoint_url: str | None, elsewhere: list) -> pd.DataFrame:
+    """The photo index of rows of the images table (read without their bytes)."""
     n = len(meta)
     fetchers: list = [None] * n
     keys: list = [None] * n
     errors = [""] * n
     if CTID in meta.columns:                      # the table has a data column
-        table = TablePhotos(url, images_table)
         ctids, nulls = meta.pop(CTID).tolist(), meta.pop(IS_NULL).tolist()
         for i, (ctid, null) in enumerate(zip(ctids, nulls)):
             if null:
@@ -178,12 +220,21 @@ def index_postgres(url: str, products_table: str = "products", images_table: str
             for i in missing:
                 errors[i] = f"{images_table} has no id column"
         else:
-            elsewhere = _photos_from(str(image_dir_or_s3), endpoint_url)
+            if not elsewhere:
+                elsewhere.append(_photos_from(str(image_dir_or_s3), endpoint_url))
             for i in missing:
-                fetchers[i], keys[i], errors[i] = elsewhere, str(ids.iloc[i]), ""
-    images = _index_frame(meta, fetchers, keys, errors)
-    return RawData(products, images,
-                   source=f"postgres:{redact_url(url)}/{products_table},{images_table}")
+                fetchers[i], keys[i], errors[i] = elsewhere[0], str(ids.iloc[i]), ""
+    return _index_frame(meta, fetchers, keys, errors)
+
+
+def index_postgres(url: str, products_table: str = "products", images_table: str = "images",
+                   image_dir_or_s3: str | os.PathLike | None = None,
+                   endpoint_url: str | None = None) -> RawData:
+    """Listings and photo rows from two Postgres tables, a photo index (RawData): the photo
+    rows are read without their bytes; ``fetch_photos`` reads them later (see read_postgres
+    for where from)."""
+    return chunks_postgres(url, products_table, images_table, image_dir_or_s3,
+                           endpoint_url).index()
 
 
 def read_postgres(url: str, products_table: str = "products", images_table: str = "images",

@@ -1,17 +1,18 @@
 """An S3 prefix: products.csv, images.csv and images/<id>.jpg under s3://bucket/prefix/."""
 from __future__ import annotations
 
-import io
 import logging
 import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import pandas as pd
 from tqdm.auto import tqdm
 
 from marketsearch.schema import RAW_PRODUCT_COLUMNS
 
-from .common import (IMAGES_FILE, PHOTO_DIR, PRODUCTS_FILE, RawData, _as_str_frame,
-                     _index_frame, _photo_id, fetch_photos, read_csv_text)
+from .common import (CHUNK_ROWS, IMAGES_FILE, PHOTO_DIR, PRODUCTS_FILE, ChunkedSource, RawData,
+                     _as_str_frame, _index_frame, _photo_id, fetch_photos, iter_csv_text)
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,6 @@ def s3_client(endpoint_url: str | None = None, workers: int = S3_WORKERS):
     return boto3.client("s3", endpoint_url=endpoint_url,
                         config=BotoConfig(max_pool_connections=max(10, workers),
                                           retries={"max_attempts": 5, "mode": "standard"}))
-
-
-def _s3_keys(client, bucket: str, prefix: str) -> set[str]:
-    keys: set[str] = set()
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    with tqdm(desc=f"list s3://{bucket}/{prefix}", unit="key", leave=False) as bar:
-        for page in pages:
-            contents = page.get("Contents", [])
-            keys.update(obj["Key"] for obj in contents)
-            bar.update(len(contents))
-    return keys
 
 
 def _s3_get(client, bucket: str, key: str) -> bytes:
@@ -104,43 +94,96 @@ class S3Photos:
         return f"S3Photos('s3://{self.bucket}/{self.photo_prefix}')"
 
 
-def index_s3(uri: str, endpoint_url: str | None = None, workers: int = S3_WORKERS) -> RawData:
-    """products.csv and images.csv under s3://bucket/prefix/, a photo index (RawData) over
-    images/<id>.jpg: lists the prefix once and fetches the CSVs; no photo yet."""
+def _missing(exc) -> str:
+    """"bucket" or "key" when a ClientError says that one is not there, else ""."""
+    code = exc.response.get("Error", {}).get("Code", "")
+    if code == "NoSuchBucket":
+        return "bucket"
+    return "key" if code in ("NoSuchKey", "404", "NotFound") else ""
+
+
+def _require_object(client, bucket: str, key: str, name: str) -> None:
+    """FileNotFoundError naming the bucket or ``name`` when s3://bucket/key is not there."""
     from botocore.exceptions import ClientError
 
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        return
+    except ClientError as exc:
+        missing = _missing(exc)
+        if not missing:
+            raise
+        if missing == "key":                      # a HEAD's 404 does not say which: ask
+            try:
+                client.head_bucket(Bucket=bucket)
+            except ClientError as bucket_exc:
+                missing = _missing(bucket_exc) and "bucket"
+                if not missing:
+                    raise
+        what = f"S3 bucket {bucket!r}" if missing == "bucket" else f"{name} at s3://{bucket}/{key}"
+        raise FileNotFoundError(f"{what} not found") from exc
+
+
+def _iter_object_csv(client, bucket: str, key: str, name: str,
+                     chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """``iter_csv_text`` of s3://bucket/key, the body streamed as the chunks are asked for."""
+    from botocore.exceptions import ClientError
+
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    except ClientError as exc:
+        missing = _missing(exc)
+        if not missing:
+            raise
+        what = f"S3 bucket {bucket!r}" if missing == "bucket" else f"{name} at s3://{bucket}/{key}"
+        raise FileNotFoundError(f"{what} not found") from exc
+    try:
+        yield from iter_csv_text(body, name, chunk_rows)
+    finally:
+        body.close()
+
+
+def chunks_s3(uri: str, endpoint_url: str | None = None, workers: int = S3_WORKERS,
+              chunk_rows: int = CHUNK_ROWS) -> ChunkedSource:
+    """products.csv and images.csv under s3://bucket/prefix/, ``chunk_rows`` rows at a time
+    (a ChunkedSource; its photo index over images/<id>.jpg: no photo fetched yet). The CSVs
+    are streamed, never held whole; the photos are not listed either (a listing is a set of
+    every photo's key): a missing photo is found when it is asked for, with the same
+    source_error."""
     bucket, prefix = parse_s3_uri(uri)
     client = s3_client(endpoint_url, workers)
-    try:
-        keys = _s3_keys(client, bucket, prefix)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code == "NoSuchBucket":
-            raise FileNotFoundError(f"S3 bucket {bucket!r} not found") from exc
-        raise
-    frames = {}
     for name in (PRODUCTS_FILE, IMAGES_FILE):
-        key = prefix + name
-        if key not in keys:
-            raise FileNotFoundError(f"{name} not found at s3://{bucket}/{key}")
-        frames[name] = read_csv_text(io.BytesIO(_s3_get(client, bucket, key)), name)
-    products = _as_str_frame(frames[PRODUCTS_FILE], RAW_PRODUCT_COLUMNS)
-    meta = frames[IMAGES_FILE]
-    ids = _photo_id(meta)
-    if ids is None:
-        images = _index_frame(meta, None, None, [f"{IMAGES_FILE} has no id column"] * len(meta))
-    else:
-        photo_prefix = f"{prefix}{PHOTO_DIR}/"
-        known = {k for k in keys if k.startswith(photo_prefix)}
-        images = _index_frame(meta, S3Photos(client, bucket, photo_prefix, known, workers),
-                              ids.astype(str).tolist(), [""] * len(meta))
-    return RawData(products, images, source=f"s3://{bucket}/{prefix}")
+        _require_object(client, bucket, prefix + name, name)
+    fetcher = S3Photos(client, bucket, f"{prefix}{PHOTO_DIR}/", None, workers)
+
+    def listings():
+        for chunk in _iter_object_csv(client, bucket, prefix + PRODUCTS_FILE, PRODUCTS_FILE,
+                                      chunk_rows):
+            yield _as_str_frame(chunk, RAW_PRODUCT_COLUMNS)
+
+    def photos():
+        for meta in _iter_object_csv(client, bucket, prefix + IMAGES_FILE, IMAGES_FILE,
+                                     chunk_rows):
+            ids = _photo_id(meta)
+            if ids is None:
+                yield _index_frame(meta, None, None,
+                                   [f"{IMAGES_FILE} has no id column"] * len(meta))
+            else:
+                yield _index_frame(meta, fetcher, ids.astype(str).tolist(), [""] * len(meta))
+
+    return ChunkedSource(f"s3://{bucket}/{prefix}", listings, photos)
+
+
+def index_s3(uri: str, endpoint_url: str | None = None, workers: int = S3_WORKERS) -> RawData:
+    """products.csv and images.csv under s3://bucket/prefix/, a photo index (RawData) over
+    images/<id>.jpg: fetches the CSVs; no photo yet."""
+    return chunks_s3(uri, endpoint_url, workers).index()
 
 
 def read_s3(uri: str, endpoint_url: str | None = None, workers: int = S3_WORKERS) -> RawData:
     """products.csv, images.csv and images/<id>.jpg under s3://bucket/prefix/.
 
-    Lists the prefix once, then fetches the CSVs and the photos (in a thread pool).
+    Fetches the CSVs, then the photos (in a thread pool).
     """
     index = index_s3(uri, endpoint_url, workers)
     raw = RawData(index.products, fetch_photos(index.images), source=index.source)
