@@ -140,10 +140,12 @@ def grow(source: Path, out: Path, base: int, factor: int, seed: int = SEED) -> d
 # ----------------------------------------------------------------------- the stages
 def overrides(work: Path, source: Path, args) -> dict:
     """The bench's config over config/local.yaml: its own run dir, source and database, no
-    shard cache, ``--epochs`` for every trainer, one text tower."""
+    shard cache, ingest's chunks of a shard's rows, ``--epochs`` for every trainer, one text
+    tower."""
     out = {"run_dir": str(work / "run"),
+           # ingest reads as many rows at a time as a shard holds, as on EKS (50,000 each)
            "data": {"local_dir": str(source), "shard_rows": args.shard_rows, "shard_cache": None,
-                    "limit": None},
+                    "limit": None, "ingest_chunk_rows": args.shard_rows},
            "clean": {"database_url": f"sqlite:///{work / 'run' / 'marketsearch.db'}"},
            "image_model": {"epochs": args.epochs, "fine_tune_epochs": 0},
            "text_model": {"epochs": args.epochs, "towers": 1},
