@@ -75,7 +75,7 @@ def build_index(cfg: Config, clean_data, fused_model: TrainedModel, out_dir: str
         if (model_dir / name).exists():
             shutil.copy(model_dir / name, out_dir / name)
     bundle = Bundle(out_dir)
-    bundle.feature_cache = FeatureCache.from_config(cfg)  # train_image computed these photos
+    bundle.feature_cache = FeatureCache.from_config(cfg)  # featurize_shard computed these photos
     dim = int(bundle.meta.get("embedding_dim", 256))
     ids: list[str] = []
     metas: list[pd.DataFrame] = []

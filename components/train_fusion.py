@@ -53,7 +53,7 @@ def train_fusion(cfg: Config, clean_data, image: TrainedModel, text: TrainedMode
     vocab = text_part.vocab
     kind = text_input_kind(text_model)
     max_len = cfg.text_model.max_len
-    # Photo embeddings from the cached backbone features (train_image computed them) through
+    # Photo embeddings from the cached backbone features (featurize_shard computed them) through
     # the photo model's head; the text model runs whole.
     cache = FeatureCache.from_config(cfg)
     models = (features_model(image_model), head_from_features(image_model, "embedding"),
