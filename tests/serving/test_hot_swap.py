@@ -29,9 +29,10 @@ def _variant(src, dst):
 
 
 def _ask(url):
+    """One request: its status, its body, and when it began and ended."""
     start = time.perf_counter()
     status, body = post(f"{url}/v1/models/marketsearch:predict", QUERY)
-    return status, body, time.perf_counter() - start
+    return status, body, start, time.perf_counter()
 
 
 def _ready(url):
@@ -57,7 +58,7 @@ def test_a_new_bundle_is_swapped_in_under_load_and_a_tampered_one_refused(bundle
     swap(served, a)
     with model_server(served, tmp_path / "server.log",
                       extra_args=["--set", "serving.reload_interval_s=0.2"]) as srv:
-        status, first, _ = _ask(srv.url)
+        status, first, _, _ = _ask(srv.url)
         assert status == 200
         answer_a = first["predictions"][0]
         results, readiness, stop = [], [], threading.Event()
@@ -77,7 +78,7 @@ def test_a_new_bundle_is_swapped_in_under_load_and_a_tampered_one_refused(bundle
             t.start()
         try:
             time.sleep(1.0)
-            swapped_at = len(results)
+            swapped_at = time.perf_counter()
             swap(served, b)
             deadline = time.time() + 120
             while time.time() < deadline and not (
@@ -88,23 +89,31 @@ def test_a_new_bundle_is_swapped_in_under_load_and_a_tampered_one_refused(bundle
             stop.set()
             for t in threads:
                 t.join()
-        statuses = [s for s, _, _ in results]
-        answers = [body["predictions"][0] for _, body, _ in results]
+        # The client threads append in completion order, so a request begun before the
+        # swap may land after one begun later: judge each answer by when it began.
+        results.sort(key=lambda r: r[2])
+        statuses = [s for s, _, _, _ in results]
+        answers = [body["predictions"][0] for _, body, _, _ in results]
         assert statuses.count(200) == len(results), [s for s in statuses if s != 200][:5]
         assert set(readiness) == {200}, set(readiness)
         answer_b = answers[-1]
         assert answer_b != answer_a, "the swap never happened"
         assert all(ans in (answer_a, answer_b) for ans in answers), "an answer mixed the models"
-        switched = answers.index(answer_b)
-        assert switched >= swapped_at and all(ans == answer_b for ans in answers[switched:])
-        longest = max(t for _, _, t in results[swapped_at:])
+        before = [ans for ans, (_, _, _, end) in zip(answers, results) if end < swapped_at]
+        assert before and all(ans == answer_a for ans in before), "the new model answered early"
+        first_b_end = min(end for ans, (_, _, _, end) in zip(answers, results) if ans == answer_b)
+        after = [ans for ans, (_, _, start, _) in zip(answers, results) if start > first_b_end]
+        assert after and all(ans == answer_b for ans in after), (
+            "the old model answered a request begun after the new one had answered")
+        during = [end - start for _, _, start, end in results if end >= swapped_at]
         print(f"\nhot swap under load: {len(results)} requests, "
               f"{len(results) - statuses.count(200)} errors, longest during the swap "
-              f"{longest * 1000:.0f} ms, switched after {switched - swapped_at} requests")
+              f"{max(during) * 1000:.0f} ms, switched "
+              f"{(first_b_end - swapped_at) * 1000:.0f} ms after the link moved")
         # a tampered bundle: refused, the good one keeps answering
         swap(served, bad)
         time.sleep(3.0)
-        status, body, _ = _ask(srv.url)
+        status, body, _, _ = _ask(srv.url)
         assert status == 200 and body["predictions"][0] == answer_b
         assert _ready(srv.url) == 200
         log = (tmp_path / "server.log").read_text()
