@@ -107,9 +107,10 @@ def build_index(cfg: Config, clean_data, fused_model: TrainedModel, out_dir: str
     (out_dir / SEEN_FILE).write_text(json.dumps(sorted(seen.astype(str))))
     # The drift reference (training split; model statistics on the held-out split) travels in
     # the bundle, so it is versioned and registered with the model it describes; drawn from
-    # a seeded sample of at most drift.reference_max_listings listings.
+    # a seeded sample of at most drift.reference_max_listings listings, whose photos stay in
+    # their shards until the reference's own samples read them.
     sample = catalogue.gathered(ids=catalogue.sample_ids(cfg.drift.reference_max_listings,
-                                                         cfg.seed))
+                                                         cfg.seed), lazy=True)
     reference = write_reference(bundle, sample.products, sample.images, sample.pixels,
                                 cfg.drift, cfg.seed)
     result = {"n_listings": len(ids), "index_type": cfg.index.type_for(len(ids)), "dim": dim,

@@ -116,7 +116,7 @@ def judge(cfg: Config, catalogue: CleanCatalogue, champion_dir: str | Path | Non
             if sample is not None:
                 log.info("drift_check: judging a seeded sample of %d of the %d new listings "
                          "(drift.batch_max_listings)", len(sample), len(new))
-            batch = catalogue.gathered(ids=set(new) if sample is None else sample)
+            batch = catalogue.gathered(ids=set(new) if sample is None else sample, lazy=True)
             checks, reference, current = check_batch(bundle, batch.products, batch.images,
                                                      batch.pixels, cfg.drift, cfg.seed)
         except DriftInputError as exc:

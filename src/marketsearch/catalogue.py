@@ -5,7 +5,9 @@ A stage walks the shards one at a time (``parts``), each with its pixels memory-
 listings' split taken from the plan (dealt over the whole catalogue), so what it holds is one
 shard, not the catalogue. ``gathered`` concatenates (a split of) the catalogue in id order
 for the work that needs it whole and small: a drift sample (evaluation reads the test
-split part by part).
+split part by part). With ``lazy=True`` its pixels stay in the shards
+(``GatheredPixels``), read only where the work indexes them, so a sample of 5,000 listings
+holds its tables, not its photos.
 
 Given one CleanData (a test's fixture, the CLI's clean directory) instead of shards, it is
 the catalogue of one shard whose splits are its own.
@@ -140,13 +142,16 @@ class CleanCatalogue:
             return None
         return set(ids.sample(n, random_state=seed))
 
-    def gathered(self, split: str | None = None, ids: set | None = None) -> CleanData:
+    def gathered(self, split: str | None = None, ids: set | None = None,
+                 lazy: bool = False) -> CleanData:
         """(``split`` of) the catalogue as one CleanData in id order, pixels in memory: for
         work that needs it whole, on a part of the catalogue that is small; ``ids``: only
-        these listings (a sample)."""
+        these listings (a sample). ``lazy``: its pixels a ``GatheredPixels`` that reads the
+        photos from their shards when indexed (for work that reads a sample of the photos:
+        the drift summaries), so memory does not grow with the listings gathered."""
         parts = []
         for part in self.parts(split):        # each shard cut down before the next is read
-            part = _only(part, set(part.products["id"]) if ids is None else ids)
+            part = _only(part, set(part.products["id"]) if ids is None else ids, copy=not lazy)
             if len(part.products):
                 parts.append(part)
         if not parts:
@@ -155,7 +160,7 @@ class CleanCatalogue:
                              pd.DataFrame(columns=["id", "product_id", "row", "category", "split"]),
                              np.zeros((0, size, size, 3), np.uint8), summary=self.summary,
                              source=self.source)
-        products, images, pixels = in_id_order(parts)
+        products, images, pixels = in_id_order(parts, lazy)
         thumbnails = pd.concat([p.thumbnails for p in parts], ignore_index=True)
         return CleanData(products, images, pixels, [], thumbnails.sort_values(
             "product_id", ignore_index=True), self.summary, self.source)
@@ -180,33 +185,78 @@ def plan_of(shards: Sequence[CleanShard | CleanData]) -> CleanPlan:
     return CleanPlan(listings, refused, summary, source)
 
 
-def in_id_order(parts: list[CleanData]) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+def in_id_order(parts: list[CleanData], lazy: bool = False
+                ) -> tuple[pd.DataFrame, pd.DataFrame, "np.ndarray | GatheredPixels"]:
     """The parts' listings in id order, their photos in their listings' order (each listing's
-    in the order it had), and the pixels filled in that order: the same data whatever the
-    shard layout."""
+    in the order it had), and the pixels filled in that order (``lazy``: a GatheredPixels
+    that reads them in that order when indexed): the same data whatever the shard layout."""
     products = pd.concat([p.products for p in parts], ignore_index=True)
     products = products.sort_values("id", kind="stable", ignore_index=True)
     rank = pd.Series(np.arange(len(products)), index=products["id"])
     images = pd.concat([p.images.assign(_part=i) for i, p in enumerate(parts)], ignore_index=True)
     images = images.assign(_rank=images["product_id"].map(rank).to_numpy())
     images = images.sort_values(["_rank", "_part", "row"], kind="stable", ignore_index=True)
-    pixels = np.empty((len(images), *parts[0].pixels.shape[1:]), dtype=np.uint8)
-    which, rows = images["_part"].to_numpy(), images["row"].to_numpy().astype(int)
-    for i, part in enumerate(parts):
-        mine = np.flatnonzero(which == i)
-        if len(mine):
-            pixels[mine] = part.pixels[rows[mine]]
+    which, rows = images["_part"].to_numpy(), images["row"].to_numpy().astype(np.int64)
+    pixels = GatheredPixels([p.pixels for p in parts], which, rows)
+    if not lazy:
+        pixels = pixels[:]
     images = images.drop(columns=["_rank", "_part"]).assign(row=np.arange(len(images)))
     return products, images, pixels
 
 
-def _only(part: CleanData, ids: set) -> CleanData:
+def _only(part: CleanData, ids: set, copy: bool = True) -> CleanData:
     """``part`` with only the listings in ``ids``, their photo rows and thumbnails, and only
     their pixels, copied out of the shard's memory map (so the map, and the pages the kernel
-    read ahead into it, go with the shard)."""
+    read ahead into it, go with the shard). ``copy=False``: the pixels stay the shard's (a
+    memory map) and ``row`` still indexes them."""
     products = part.products[part.products["id"].isin(ids)].reset_index(drop=True)
     images = part.images[part.images["product_id"].isin(ids)].reset_index(drop=True)
     thumbs = part.thumbnails[part.thumbnails["product_id"].isin(ids)].reset_index(drop=True)
-    pixels = np.array(part.pixels[images["row"].to_numpy().astype(int)])
-    images = images.assign(row=np.arange(len(images)))
+    pixels = part.pixels
+    if copy:
+        pixels = np.array(part.pixels[images["row"].to_numpy().astype(int)])
+        images = images.assign(row=np.arange(len(images)))
     return CleanData(products, images, pixels, [], thumbs, part.summary, part.source)
+
+
+class GatheredPixels:
+    """The pixels of a gathered sample left in their shards: photo ``i`` is row ``rows[i]`` of
+    ``sources[which[i]]`` (a shard's memory-mapped pixels). Indexing it (an int, a slice or
+    an array of rows) reads those photos, shard by shard in file order, into a new uint8
+    array, through a memory map opened for that read; nothing else is held, so what the
+    caller keeps is what it indexed."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, sources: Sequence[np.ndarray], which: np.ndarray, rows: np.ndarray):
+        self._sources, self._which, self._rows = list(sources), which, rows
+        tail = sources[0].shape[1:] if len(sources) else ()
+        self.shape = (len(rows), *tail)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        picked = np.arange(len(self))[key]
+        if np.ndim(picked) == 0:
+            return self[np.array([picked])][0]
+        out = np.empty((len(picked), *self.shape[1:]), np.uint8)
+        which, rows = self._which[picked], self._rows[picked]
+        for source in np.unique(which):
+            mine = np.flatnonzero(which == source)
+            mine = mine[np.argsort(rows[mine], kind="stable")]
+            pixels = self._sources[source]
+            if isinstance(pixels, np.memmap) and pixels.filename:
+                # a map opened for this read alone: the pages it reads go when it does
+                pixels = np.load(pixels.filename, mmap_mode="r")
+            out[mine] = pixels[rows[mine]]
+            del pixels
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)

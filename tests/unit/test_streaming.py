@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from marketsearch.catalogue import CleanCatalogue
+from marketsearch.catalogue import CleanCatalogue, GatheredPixels
 from marketsearch.records import CleanData, CleanPlan, CleanShard
 from marketsearch.streaming import Examples, TextParts
 
@@ -147,6 +147,30 @@ def test_the_catalogue_reads_shards_lazily_with_the_plans_splits(tmp_path):
     stale = CleanPlan(plan.listings[plan.listings["id"] != "b3"], summary=plan.summary)
     with pytest.raises(ValueError, match=r"shard b has listings the plan does not know .*b3"):
         list(CleanCatalogue.of(shards, stale).parts())
+
+
+def test_a_lazy_gather_reads_the_same_photos_only_where_indexed(tmp_path):
+    rng = np.random.default_rng(0)
+    shards = []
+    for name, ids in (("a", ["a1", "a2", "a3"]), ("b", ["b1", "b2"])):
+        part = _clean_shard(ids, ["x"] * len(ids), ["train"] * len(ids))
+        part.images = pd.concat([part.images, part.images.assign(
+            id=part.images["id"] + "-2", row=part.images["row"] + len(ids))], ignore_index=True)
+        part.pixels = rng.integers(0, 256, (2 * len(ids), 2, 2, 3), dtype=np.uint8)
+        part.save(tmp_path / name)
+        shards.append(CleanShard.load(tmp_path / name))
+    catalogue = CleanCatalogue.of(shards)
+    sample = {"a1", "a3", "b2"}
+    eager, lazy = catalogue.gathered(ids=sample), catalogue.gathered(ids=sample, lazy=True)
+    assert isinstance(lazy.pixels, GatheredPixels) and not isinstance(eager.pixels, GatheredPixels)
+    assert lazy.products.equals(eager.products) and lazy.images.equals(eager.images)
+    assert lazy.pixels.shape == eager.pixels.shape == (6, 2, 2, 3) and len(lazy.pixels) == 6
+    for key in (slice(None), 4, np.array([5, 0, 3]), np.array([], dtype=int), slice(1, 5, 2)):
+        assert np.array_equal(lazy.pixels[key], eager.pixels[key]), key
+    assert np.array_equal(np.asarray(lazy.pixels), eager.pixels)
+    # each photo is its own listing's: a3's second photo is row 5 of shard a
+    row = int(lazy.images.loc[lazy.images["id"] == "a3-p-2", "row"].iloc[0])
+    assert np.array_equal(lazy.pixels[row], np.load(tmp_path / "a" / "images_uint8.npy")[5])
 
 
 def test_one_clean_data_is_a_catalogue_of_one_shard_with_its_own_splits():

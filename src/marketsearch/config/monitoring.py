@@ -35,12 +35,13 @@ class DriftConfig(_Section):
     sample_size: int = Field(5000, ge=10)
     embedding_rows: int = Field(500, ge=10)
     # build_index draws the reference from a seeded sample of at most this many listings (its
-    # own statistics are samples of sample_size / embedding_rows rows), their photos in memory:
-    # what build_index's memory grows with, up to this (make bench-scale).
+    # own statistics are samples of sample_size / embedding_rows rows). The sample's tables
+    # are in memory; its photos stay in their shards, read only where those samples take them.
     reference_max_listings: int = Field(5000, ge=100)
     # drift_check judges a seeded sample of at most this many of the new listings (every one
-    # when there are fewer), their photos in memory: what drift_check's memory grows with, up
-    # to this, however many listings arrive at once. At least min_listings.
+    # when there are fewer; their photos read from the shards as for the reference): what
+    # drift_check's memory grows with, up to this, however many listings arrive at once.
+    # At least min_listings.
     batch_max_listings: int = Field(5000, ge=2)
     # category_mix: chi-square p < alpha AND total variation distance >= this (practical
     # significance: on very large batches every tiny shift is "significant").
