@@ -6,6 +6,7 @@ stages by environment, tracking.pipeline_run), with kfp.local's cache and a quie
 """
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -85,6 +86,11 @@ def run_locally(cfg, build, name: str, verbose: bool = False) -> tuple[Path | No
     # kfp.local warns per task that the stage images are not plain Python images: expected,
     # the laptop runs every stage in this Python.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task")
+    # kfp.local indents a task's prints by swapping builtins.print for the task's duration;
+    # two tasks that run at once (ParallelFor, parallel branches) each restore the print they
+    # found, so one may leave the other's indenting print in place for the rest of the
+    # process (the summary came out indented by four spaces). Put the real one back.
+    real_print = builtins.print
     try:
         with console.quiet(log_path, verbose):
             pipeline()
@@ -93,6 +99,7 @@ def run_locally(cfg, build, name: str, verbose: bool = False) -> tuple[Path | No
               file=sys.stderr)
         raise SystemExit(1) from None
     finally:
+        builtins.print = real_print
         if previous is None:
             os.environ.pop(tracking.PIPELINE_RUN_ENV, None)
         else:

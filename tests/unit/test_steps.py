@@ -70,3 +70,26 @@ def test_the_terminal_shows_what_matters_and_the_log_keeps_everything(tmp_path, 
     assert "executor_input" not in shown and "oneDNN" not in shown
     written = log.read_text()
     assert "executor_input" in written and "oneDNN" in written and "cache hit" in written
+
+
+def test_a_run_leaves_print_as_it_found_it_whatever_kfp_local_swapped(tmp_path, capsys):
+    """kfp.local swaps builtins.print for an indenting one while a task runs; two tasks at once
+    can leave one of those in place (the run summary came out indented). run_locally puts the
+    real print back."""
+    import builtins
+
+    from marketsearch.local_run import run_locally
+
+    cfg = load_config(overrides={"run_dir": str(tmp_path)})
+    real = builtins.print
+
+    def racy_pipeline():          # what the race leaves behind: the print a task swapped in
+        builtins.print = lambda *args, **kwargs: real("    ", *args, **kwargs)
+
+    try:
+        run_locally(cfg, lambda _: racy_pipeline, "racy")
+        assert builtins.print is real
+        print("summary")
+        assert capsys.readouterr().out == "summary\n"
+    finally:
+        builtins.print = real
