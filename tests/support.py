@@ -29,7 +29,8 @@ TINY = {
     "image_model": {"epochs": 2, "batch_size": 32, "input_size": 64},
     "text_model": {"epochs": 3, "max_len": 48, "word2vec": {"epochs": 2}},
     "fusion": {"epochs": 3},
-    "price": {"epochs": 3, "hidden": 16},
+    # two heads: the averaged path; character n-grams: the head reads its own text ridge
+    "price": {"epochs": 3, "hidden": 16, "heads": 2, "text_char_terms": 500},
 }
 
 

@@ -281,7 +281,7 @@ class Bundle(Record):
     @cached_property
     def price_baselines(self) -> dict | None:
         """The price baselines (``marketsearch.pricing.load_baselines``); the head reads the
-        TF-IDF ridge's price of a request's text."""
+        price its text ridge (``TEXT_PRICE``) gives a request's text."""
         from marketsearch.pricing import load_baselines
 
         return load_baselines(self.root)
@@ -295,7 +295,7 @@ class Bundle(Record):
         import tensorflow as tf
 
         from marketsearch.price import from_log_quantiles
-        from marketsearch.pricing import features, ridge_log_price
+        from marketsearch.pricing import TEXT_PRICE, features, ridge_log_price
 
         head = self.price_model
         if head is None:
@@ -305,7 +305,7 @@ class Bundle(Record):
         lat = np.full(n, np.nan) if lat is None else np.asarray(lat, np.float64)
         lon = np.full(n, np.nan) if lon is None else np.asarray(lon, np.float64)
         x = features(fused_embedding, texts, lat, lon, has_text, has_image,
-                     ridge_log_price(self.price_baselines["tfidf_ridge"], texts))
+                     ridge_log_price(self.price_baselines[TEXT_PRICE], texts))
         forward = self._traced("_fn_price", head, tf.TensorSpec((None, x.shape[1]), tf.float32))
         return np.stack(from_log_quantiles(head, forward(x).numpy()), axis=1).astype(np.float32)
 

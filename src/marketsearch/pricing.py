@@ -6,13 +6,17 @@ Files in the model part, so in the bundle::
     price.keras           the price head: fused embedding, location, modality flags ->
                           log-price quantiles (10/50/90%), its 80% interval calibrated
     price_baselines.json  the two baselines trained in the same run, scored beside the head
-                          by evaluate: the root category's median, a TF-IDF ridge regression
+                          by evaluate: the root category's median, a TF-IDF ridge regression;
+                          with ``price.text_char_terms``, "text_price", the ridge of words and
+                          character n-grams whose log-price of the text the head reads instead
 
 A listing's price features are what the server computes for a request (``features``): the
 fused embedding of ``Bundle.predict``, ``location_features`` of its coordinates, the two
-presence flags, and two from the text: the TF-IDF ridge's log-price (the baseline, stacked;
+presence flags, and two from the text: the TF-IDF ridge's log-price (the baseline; with
+``price.text_char_terms``, "text_price", the same of words and character n-grams; stacked,
 out-of-fold for the training rows, so the head does not learn to trust a ridge that has seen
-their prices) and the first "£amount" the seller wrote, when there is one (a fifth of the
+their prices)
+and the first "£amount" the seller wrote, when there is one (a fifth of the
 listings state their price). Each listing with a price gives a row per way a seller may ask
 (``MODES``): with text and its first photo, with text only, with the photo only (a listing
 without a photo: text only). The head so learns a price for every kind of request, and how
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 
 PRICE_FILE = "price.keras"
 BASELINES_FILE = "price_baselines.json"
+TEXT_PRICE = "text_price"   # the key in BASELINES_FILE of the ridge the head reads
 # how a seller may ask: (has text, has photo)
 MODES = {"both": (1.0, 1.0), "text": (1.0, 0.0), "image": (0.0, 1.0)}
 CHUNK = 1024          # listings embedded at a time (their first photos' pixels in memory)
@@ -149,15 +154,16 @@ def ridge_log_price(ridge, texts) -> np.ndarray:
     return out
 
 
-def _out_of_fold(train: pd.DataFrame, folds: int, seed: int) -> dict:
-    """listing id -> the log-price a ridge fitted without that listing's fold gives it."""
+def _out_of_fold(train: pd.DataFrame, folds: int, seed: int, char_terms: int) -> dict:
+    """listing id -> the log-price a ridge (of ``char_terms`` character n-grams besides the
+    words) fitted without that listing's fold gives it."""
     from marketsearch.price import TfidfRidge
 
     fold = np.random.default_rng(seed).permutation(len(train)) % folds
     out = {}
     for f in range(folds):
-        ridge = TfidfRidge(seed=seed).fit(train["text"][fold != f].tolist(),
-                                          train["price"][fold != f].to_numpy())
+        ridge = TfidfRidge(seed=seed, char_terms=char_terms).fit(
+            train["text"][fold != f].tolist(), train["price"][fold != f].to_numpy())
         held = train[fold == f]
         out.update(zip(held["id"], ridge_log_price(ridge, held["text"])))
     return out
@@ -176,8 +182,9 @@ def train_price(cfg, catalogue, bundle, out_dir: str | Path) -> dict[str, Any]:
     Returns {"price": the training figures (rows, epochs, the interval's calibration, the
     validation MdAPE of the head on text-and-photo rows and of each baseline),
     "price_history": the head's curves}."""
-    from marketsearch.price import (CategoryMedian, TfidfRidge, build_price_head,
-                                    fit_price_head, predict_price, price_metrics)
+    from marketsearch.price import (CategoryMedian, TfidfRidge, average_price_heads,
+                                    build_price_head, calibrate_price_head, fit_price_head,
+                                    predict_price, price_metrics)
 
     pcfg, seed = cfg.price, cfg.seed
     plan = priced(catalogue.plan.listings)
@@ -201,24 +208,43 @@ def train_price(cfg, catalogue, bundle, out_dir: str | Path) -> dict[str, Any]:
                                                          train["price"].to_numpy()),
                  "tfidf_ridge": TfidfRidge(seed=seed).fit(train["text"].tolist(),
                                                           train["price"].to_numpy())}
+    saved = dict(baselines)
+    text_price = baselines["tfidf_ridge"]
+    if pcfg.text_char_terms:
+        text_price = saved[TEXT_PRICE] = TfidfRidge(seed=seed, char_terms=pcfg.text_char_terms).fit(
+            train["text"].tolist(), train["price"].to_numpy())
     (Path(out_dir) / BASELINES_FILE).write_text(json.dumps(
-        {name: model.to_dict() for name, model in baselines.items()}))
+        {name: model.to_dict() for name, model in saved.items()}))
 
     rows = {split: _rows(bundle, catalogue, split, samples[split]) for split in ("train", "val")}
-    oof = _out_of_fold(train, pcfg.ridge_folds, seed)
+    oof = _out_of_fold(train, pcfg.ridge_folds, seed, pcfg.text_char_terms)
     x = _head_input(rows["train"], [oof[i] for i in rows["train"]["id"]])
-    x_val = _head_input(rows["val"], ridge_log_price(baselines["tfidf_ridge"], rows["val"]["text"]))
-    head = build_price_head(x.shape[1], pcfg, seed=seed, written=written_columns(x.shape[1]))
-    history = fit_price_head(head, x, rows["train"]["log_price"], x_val, rows["val"]["log_price"],
-                             pcfg, seed)
+    x_val = _head_input(rows["val"], ridge_log_price(text_price, rows["val"]["text"]))
+    y, y_val = rows["train"]["log_price"], rows["val"]["log_price"]
+    heads, histories = [], []
+    for i in range(pcfg.heads):
+        heads.append(build_price_head(x.shape[1], pcfg, seed=seed + i, name=f"price_head_{i}",
+                                      written=written_columns(x.shape[1])))
+        histories.append(fit_price_head(heads[-1], x, y, x_val, y_val, pcfg, seed + i))
+    head = heads[0]
+    calibration = {k: histories[0][k] for k in ("interval_scale", "coverage_before", "coverage")}
+    if len(heads) > 1:
+        head = average_price_heads(heads)
+        calibration = calibrate_price_head(head, x_val, y_val, pcfg.interval_target)
     head.save(Path(out_dir) / PRICE_FILE)
 
     both = rows["val"]["mode"] == "both"
-    figures = {"rows": len(x), "val_rows": len(x_val),
-               "val_mdape": price_metrics(np.exp(rows["val"]["log_price"][both]),
+    figures = {"rows": len(x), "val_rows": len(x_val), "heads": len(heads),
+               "val_mdape": price_metrics(np.exp(y_val[both]),
                                           *predict_price(head, x_val[both]))["mdape"],
-               **{k: history[k] for k in ("best_epoch", "epochs_run", "interval_scale",
-                                          "coverage_before", "coverage", "seconds")}}
+               # over the heads: the mean best and run epochs, the seconds of all
+               "best_epoch": float(np.mean([h["best_epoch"] for h in histories])),
+               "epochs_run": float(np.mean([h["epochs_run"] for h in histories])),
+               "seconds": float(sum(h["seconds"] for h in histories)), **calibration}
+    if len(heads) > 1:
+        figures["val_mdape_one_head"] = price_metrics(
+            np.exp(y_val[both]), *predict_price(heads[0], x_val[both]))["mdape"]
+    history = histories[0]                        # the curves shown: the first head's
     val = listings["val"]
     for name, model in baselines.items():
         inputs = val["category"] if name == "category_median" else val["text"]
@@ -229,15 +255,20 @@ def train_price(cfg, catalogue, bundle, out_dir: str | Path) -> dict[str, Any]:
 
 
 def load_baselines(bundle_dir: str | Path) -> dict | None:
-    """The baselines saved beside a bundle's price head (None: a bundle without them)."""
+    """The baselines saved beside a bundle's price head, and its text input ``TEXT_PRICE``
+    (a bundle from before it has none: its head read the baseline ridge); None: a bundle
+    without them."""
     from marketsearch.price import CategoryMedian, TfidfRidge
 
     path = Path(bundle_dir) / BASELINES_FILE
     if not path.exists():
         return None
     state = json.loads(path.read_text())
-    return {"category_median": CategoryMedian.from_dict(state["category_median"]),
-            "tfidf_ridge": TfidfRidge.from_dict(state["tfidf_ridge"])}
+    out = {"category_median": CategoryMedian.from_dict(state["category_median"]),
+           "tfidf_ridge": TfidfRidge.from_dict(state["tfidf_ridge"])}
+    out[TEXT_PRICE] = (TfidfRidge.from_dict(state[TEXT_PRICE]) if TEXT_PRICE in state
+                       else out["tfidf_ridge"])
+    return out
 
 
 def score_prices(bundle, parts, sample: int = 2000, seed: int = 0) -> dict | None:

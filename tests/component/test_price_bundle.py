@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from marketsearch.bundle import Bundle
-from marketsearch.pricing import BASELINES_FILE, PRICE_FILE, load_baselines
+from marketsearch.pricing import BASELINES_FILE, PRICE_FILE, TEXT_PRICE, load_baselines
 from tests.support import train_tiny_bundle
 
 
@@ -37,6 +37,9 @@ def test_train_fusion_trains_the_price_head_and_its_baselines_into_the_bundle(tr
     baselines = load_baselines(bundle_dir)
     estimate, low, high = baselines["tfidf_ridge"].predict(["mountain bike 21 gears"])
     assert low[0] <= estimate[0] <= high[0] and estimate[0] > 0
+    # the head's own text ridge (price.text_char_terms) travels beside the baseline
+    assert baselines[TEXT_PRICE].char_vocabulary and not baselines["tfidf_ridge"].char_vocabulary
+    assert result["price_heads"] == cfg.price.heads == 2
 
 
 def test_every_kind_of_request_gets_a_price_inside_its_interval(trained):
@@ -73,6 +76,13 @@ def test_a_bundle_without_a_price_head_answers_none(trained, tmp_path):
     (old / BASELINES_FILE).unlink()
     assert Bundle(old).price(np.zeros((1, 4), np.float32), ["a sofa"], [1.0], [0.0]) is None
     assert load_baselines(old) is None
+    # a bundle from before the head had its own text ridge: the head reads the baseline's
+    words_only = shutil.copytree(bundle_dir, tmp_path / "words")
+    state = json.loads((words_only / BASELINES_FILE).read_text())
+    del state[TEXT_PRICE]
+    (words_only / BASELINES_FILE).write_text(json.dumps(state))
+    baselines = load_baselines(words_only)
+    assert baselines[TEXT_PRICE] is baselines["tfidf_ridge"]
 
 
 def test_evaluate_scores_the_head_against_both_baselines_on_the_same_listings(trained, tmp_path):

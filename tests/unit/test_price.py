@@ -16,7 +16,7 @@ keras = pytest.importorskip("keras")
 from marketsearch.config import Config, PriceConfig  # noqa: E402
 from marketsearch.price import (  # noqa: E402
     QUANTILES_LAYER, CategoryMedian, OrderedQuantiles, PinballLoss, Standardize, TfidfRidge,
-    build_price_head, calibrate_price_head, conformal_scale, fit_price_head, location_features,
+    average_price_heads, build_price_head, calibrate_price_head, conformal_scale, fit_price_head, location_features,
     predict_price, price_metrics, price_plot)
 
 
@@ -103,8 +103,9 @@ def test_category_median_uses_the_category_and_falls_back_to_all_listings():
 
 
 @pytest.mark.parametrize("make", [lambda c, t, p: CategoryMedian(min_listings=3).fit(c, p),
-                                  lambda c, t, p: TfidfRidge().fit(t, p)],
-                         ids=["category_median", "tfidf_ridge"])
+                                  lambda c, t, p: TfidfRidge().fit(t, p),
+                                  lambda c, t, p: TfidfRidge(char_terms=500).fit(t, p)],
+                         ids=["category_median", "tfidf_ridge", "tfidf_ridge_chars"])
 def test_baseline_state_round_trips_through_json_and_a_file(listings, tmp_path, make):
     (cats, texts, prices), (test_cats, test_texts, _) = listings
     model = make(cats, texts, prices)
@@ -118,6 +119,21 @@ def test_baseline_state_round_trips_through_json_and_a_file(listings, tmp_path, 
     other_kind = TfidfRidge if isinstance(model, CategoryMedian) else CategoryMedian
     with pytest.raises(ValueError, match="is not a"):
         other_kind.from_dict(model.to_dict())
+
+
+def test_character_ngrams_price_words_the_training_texts_spelt_otherwise():
+    """Trained on "bike" and "sofa" listings, a words-only ridge knows nothing of "bikes" or
+    "sofas"; with character n-grams it prices them near their stems."""
+    rng = np.random.default_rng(0)
+    texts = [f"{w} {rng.choice(FILLER)}" for w in ("bike", "sofa") for _ in range(20)]
+    prices = [300.0] * 20 + [30.0] * 20
+    words = TfidfRidge(alpha=0.1, holdout=0.0).fit(texts, prices)
+    chars = TfidfRidge(alpha=0.1, holdout=0.0, char_terms=2000).fit(texts, prices)
+    assert 0 < len(chars.char_vocabulary) <= 2000 and not words.char_vocabulary
+    unseen = ["bikes", "sofas"]
+    np.testing.assert_allclose(words.predict(unseen)[0][0], words.predict(unseen)[0][1])
+    bikes, sofas = chars.predict(unseen)[0]
+    assert bikes > 3 * sofas
 
 
 def test_tfidf_ridge_interval_comes_from_held_out_residuals(listings):
@@ -241,6 +257,34 @@ def test_head_round_trips_through_keras_file(trained, tmp_path):
     x, _ = _linear(50, 4)
     for a, b in zip(predict_price(head, x), predict_price(loaded, x)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_averaged_heads_answer_the_mean_of_their_quantiles_calibrated_anew(trained, tmp_path):
+    (x, logp), (x_val, logp_val) = _linear(400, 0), _linear(300, 1)
+    first, _ = trained
+    second = build_price_head(DIM, HEAD_CFG, seed=1, name="price_head_1")
+    fit_price_head(second, x, logp, x_val, logp_val, HEAD_CFG, seed=1)
+    with pytest.raises(ValueError, match="at least one head"):
+        average_price_heads([])
+    both = average_price_heads([first, second])
+    x_test, logp_test = _linear(200, 5)
+    expected = (first.predict(x_test, verbose=0) + second.predict(x_test, verbose=0)) / 2
+    np.testing.assert_allclose(both.predict(x_test, verbose=0), expected, rtol=1e-5, atol=1e-5)
+    calibration = calibrate_price_head(both, x_val, logp_val, 0.8)
+    assert 0.75 <= calibration["coverage"] <= 0.85
+    assert float(first.get_layer(QUANTILES_LAYER).interval_scale) == 1.0   # reset, not stacked
+    estimate, low, high = predict_price(both, x_test)
+    _bounded(estimate, low, high)
+    assert np.all(np.diff(both.predict(x_test * 50, verbose=0), axis=1) >= 0)
+    path = tmp_path / "price.keras"
+    both.save(path)
+    for a, b in zip(predict_price(both, x_test), predict_price(keras.models.load_model(path),
+                                                               x_test)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    other = build_price_head(DIM + 1, HEAD_CFG, seed=2, name="price_head_2")
+    with pytest.raises(ValueError, match="differ in inputs"):
+        average_price_heads([first, other])
+    calibrate_price_head(first, x_val, logp_val, HEAD_CFG.interval_target)  # as the fixture had it
 
 
 def _with_gate(head, bias: float):
