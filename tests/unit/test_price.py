@@ -16,8 +16,8 @@ keras = pytest.importorskip("keras")
 from marketsearch.config import Config, PriceConfig  # noqa: E402
 from marketsearch.price import (  # noqa: E402
     QUANTILES_LAYER, CategoryMedian, OrderedQuantiles, PinballLoss, Standardize, TfidfRidge,
-    average_price_heads, build_price_head, calibrate_price_head, conformal_scale, fit_price_head, location_features,
-    predict_price, price_metrics, price_plot)
+    average_price_heads, build_price_head, calibrate_price_head, conformal_scale,
+    fit_price_head, location_features, predict_price, price_metrics, price_plot)
 
 
 # --- metrics -----------------------------------------------------------------------------------

@@ -134,8 +134,10 @@ class PriceConfig(TrainingRecipe):
     # 0.536 / 0.541 / 0.546 with it (and dropout 0.3), on the same fused model.
     written_gate: bool = True
     # Heads trained from seeds seed, seed + 1, ... and averaged (price.average_price_heads),
-    # their interval calibrated together: one head's test MdAPE moved 0.51-0.56 with the seed.
-    heads: int = Field(5, ge=1)
+    # their interval calibrated together. One head's test MdAPE moved 0.51-0.56 with its seed;
+    # five averaged made it steadier (0.519 in make run, single head 0.514), not better, for
+    # ~0.9 ms a served request and train_fusion 4x longer at scale (make bench-scale): 1.
+    heads: int = Field(1, ge=1)
     # The head's stacked text input is a TF-IDF ridge of words and of this many most frequent
     # character 2-5-grams (price.TfidfRidge.char_terms); 0: the baseline ridge, words only.
     # 100,000 gave one head a test MdAPE of 0.524 against 0.535 (means over 5 seeds, noise
