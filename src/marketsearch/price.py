@@ -420,15 +420,11 @@ class Standardize(layers.Layer):
         self.scale.assign(np.where(std > 1e-6, std, 1.0))
 
 
-@keras.saving.register_keras_serializable(package="marketsearch")
-class OrderedQuantiles(layers.Layer):
-    """[N, K] raw values -> [N, K] quantiles that cannot cross, whatever the raw values:
-    column ``median`` is the median; every column below it lies softplus(its raw value) under
-    the one above, every column above it softplus(its raw value) over the one below.
-
-    The gaps are multiplied by ``interval_scale``, a non-trainable weight (1 while training)
-    that conformal calibration sets (``calibrate_price_head``); it is saved with the model.
-    """
+class _AroundMedian(layers.Layer):
+    """What the quantile output layers share: the index of the median column (``median``),
+    the non-trainable ``interval_scale`` that conformal calibration sets
+    (``calibrate_price_head``; 1 while training, saved with the model), and the shape they
+    keep."""
 
     def __init__(self, median: int, **kwargs):
         super().__init__(**kwargs)
@@ -438,6 +434,23 @@ class OrderedQuantiles(layers.Layer):
         self.interval_scale = self.add_weight(name="interval_scale", shape=(),
                                               initializer="ones", trainable=False)
 
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "median": self.median}
+
+
+@keras.saving.register_keras_serializable(package="marketsearch")
+class OrderedQuantiles(_AroundMedian):
+    """[N, K] raw values -> [N, K] quantiles that cannot cross, whatever the raw values:
+    column ``median`` is the median; every column below it lies softplus(its raw value) under
+    the one above, every column above it softplus(its raw value) over the one below.
+
+    The gaps are multiplied by ``interval_scale``, a non-trainable weight (1 while training)
+    that conformal calibration sets (``calibrate_price_head``); it is saved with the model.
+    """
+
     def call(self, raw):
         m = self.median
         centre = raw[:, m:m + 1]
@@ -445,12 +458,6 @@ class OrderedQuantiles(layers.Layer):
         below = ops.flip(ops.cumsum(ops.flip(gaps[:, :m], axis=1), axis=1), axis=1)
         above = ops.cumsum(gaps[:, m + 1:], axis=1)
         return ops.concatenate([centre - below, centre, centre + above], axis=1)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "median": self.median}
 
 
 @keras.saving.register_keras_serializable(package="marketsearch")
@@ -518,28 +525,14 @@ def build_price_head(input_dim: int, cfg: PriceConfig, seed: int | None = None,
 
 
 @keras.saving.register_keras_serializable(package="marketsearch")
-class IntervalScale(layers.Layer):
+class IntervalScale(_AroundMedian):
     """[N, K] log-price quantiles -> the same with each one's distance from column ``median``
     times ``interval_scale`` (a non-trainable weight, 1 until ``calibrate_price_head`` sets
     it): the output layer of ``average_price_heads``, calibrated as ``OrderedQuantiles`` is."""
 
-    def __init__(self, median: int, **kwargs):
-        super().__init__(**kwargs)
-        self.median = int(median)
-
-    def build(self, input_shape):
-        self.interval_scale = self.add_weight(name="interval_scale", shape=(),
-                                              initializer="ones", trainable=False)
-
     def call(self, quantiles):
         centre = quantiles[:, self.median:self.median + 1]
         return centre + (quantiles - centre) * self.interval_scale
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "median": self.median}
 
 
 def average_price_heads(heads: Sequence[keras.Model]) -> keras.Model:
