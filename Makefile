@@ -5,6 +5,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/local.yaml
 PYTEST_ARGS ?=
+# make test runs the suite in this many pytest-xdist workers, a test file to a worker (its
+# module fixtures, trained bundles and servers, are built once): 2 matches CI's two cores,
+# the README has the times with and without. 0: one process, no xdist.
+PYTEST_WORKERS ?= 2
 
 PORT ?= 8080
 
@@ -60,7 +64,7 @@ bench-drift:
 	$(BIN)/python -m bench.bench_drift
 
 test:
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 compile:
 	$(BIN)/marketsearch compile --config $(CONFIG) --output build/pipelines/$(notdir $(basename $(CONFIG)))-training.yaml
