@@ -445,10 +445,8 @@ class _AroundMedian(layers.Layer):
 class OrderedQuantiles(_AroundMedian):
     """[N, K] raw values -> [N, K] quantiles that cannot cross, whatever the raw values:
     column ``median`` is the median; every column below it lies softplus(its raw value) under
-    the one above, every column above it softplus(its raw value) over the one below.
-
-    The gaps are multiplied by ``interval_scale``, a non-trainable weight (1 while training)
-    that conformal calibration sets (``calibrate_price_head``); it is saved with the model.
+    the one above, every column above it softplus(its raw value) over the one below. The gaps
+    are multiplied by ``interval_scale`` (``_AroundMedian``).
     """
 
     def call(self, raw):
