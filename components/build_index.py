@@ -72,7 +72,9 @@ def build_index(cfg: Config, clean_data, fused_model: TrainedModel, out_dir: str
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
-        if (model_dir / name).exists():
+        if (model_dir / name).is_dir():
+            shutil.copytree(model_dir / name, out_dir / name, dirs_exist_ok=True)
+        elif (model_dir / name).exists():
             shutil.copy(model_dir / name, out_dir / name)
     bundle = Bundle(out_dir)
     bundle.feature_cache = FeatureCache.from_config(cfg)  # featurize_shard computed these photos

@@ -19,7 +19,7 @@ from marketsearch.steps import step
 log = logging.getLogger(__name__)
 
 
-@step(reads=("fusion", "price", "image_model", "text_model", "data", "seed"),
+@step(reads=("fusion", "price", "image_model", "text_model", "data", "seed", "index"),
       inputs={"clean_data": [CleanShard], "plan": CleanPlan, "image": TrainedModel,
               "text": TrainedModel},
       output=("model", TrainedModel), views={"curves": "HTML"}, out_dir=True)

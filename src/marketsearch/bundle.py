@@ -7,6 +7,8 @@
     vocab.json     token -> id (word2vec text model)
     price.keras    the price head (fused embedding, location, flags -> log-price quantiles) and
     price_baselines.json  the baselines trained beside it (marketsearch.pricing; optional)
+    price_comparables/    the catalogue's priced listings indexed by text, which the head
+                   reads (marketsearch.comparables; optional)
     index/         FAISS index of the catalogue's fused embeddings + id map + listing metadata
     thumbnails.parquet  product_id -> JPEG of the listing's first photo (search page; optional)
     seen_ids.json  ids of the listings the models learned from (train and val splits), so a later
@@ -33,8 +35,9 @@ from marketsearch.records.base import Record
 META = "meta.json"
 THUMBNAILS_FILE = "thumbnails.parquet"
 SEEN_FILE = "seen_ids.json"
+# the model part train_fusion writes (a directory among them: copied whole)
 MODEL_FILES = ("image.keras", "text.keras", "fused.keras", "vocab.json", META, "price.keras",
-               "price_baselines.json")
+               "price_baselines.json", "price_comparables")
 BUILD_FILE = "build.json"
 
 
@@ -52,6 +55,7 @@ class Bundle(Record):
     FILES = {"meta.json": "labels, image size, text input, provenance",
              "image.keras, text.keras, fused.keras, vocab.json": "the models",
              "price.keras, price_baselines.json": "the price head and its baselines",
+             "price_comparables/": "the listings the price head compares a request with",
              "index/": "FAISS index, id map, listing metadata",
              "thumbnails.parquet": "a JPEG per listing", SEEN_FILE: "ids the models learned from",
              "reference/": "the drift reference", BUILD_FILE: "build_index's figures",
@@ -286,12 +290,22 @@ class Bundle(Record):
 
         return load_baselines(self.root)
 
+    @cached_property
+    def comparables(self):
+        """The listings the price head compares a text with (``marketsearch.comparables``);
+        None for a bundle whose head reads none."""
+        from marketsearch.comparables import DIRECTORY, Comparables
+
+        path = self.root / DIRECTORY
+        return Comparables.load(path) if path.exists() else None
+
     def price(self, fused_embedding: np.ndarray, texts, has_text, has_image, lat=None,
-              lon=None) -> np.ndarray | None:
+              lon=None, exclude=None) -> np.ndarray | None:
         """Suggested prices of N items from their fused embeddings (``predict``), texts (""
         for none), presence flags and coordinates (None or NaN: unknown): float32 [N, 3] of
         (estimate, low, high) in GBP, the interval the calibrated 80% one; None for a bundle
-        without a price head."""
+        without a price head. ``exclude``: per item, a catalogue listing id that is not its
+        comparable (pricing a catalogue listing: itself)."""
         import tensorflow as tf
 
         from marketsearch.price import from_log_quantiles
@@ -304,8 +318,10 @@ class Bundle(Record):
         texts = [t or "" for t in texts]
         lat = np.full(n, np.nan) if lat is None else np.asarray(lat, np.float64)
         lon = np.full(n, np.nan) if lon is None else np.asarray(lon, np.float64)
+        comparables = None if self.comparables is None else \
+            self.comparables.features(texts, exclude)
         x = features(fused_embedding, texts, lat, lon, has_text, has_image,
-                     ridge_log_price(self.price_baselines[TEXT_PRICE], texts))
+                     ridge_log_price(self.price_baselines[TEXT_PRICE], texts), comparables)
         forward = self._traced("_fn_price", head, tf.TensorSpec((None, x.shape[1]), tf.float32))
         return np.stack(from_log_quantiles(head, forward(x).numpy()), axis=1).astype(np.float32)
 

@@ -464,6 +464,8 @@ class WrittenPrice(layers.Layer):
     towards the log-price the seller wrote: by ``gate`` (0..1, learnt) of the way, on rows
     whose feature ``flag_column`` is 1 (a price is written), from feature ``value_column``
     (its log). The quantiles built on it (``OrderedQuantiles``) move with their median.
+    The same layer moves it towards the best comparable's price, its flag that listing's
+    cosine (0..1).
 
     A written price is the listed one about half the time; an MLP on the standardised
     features only approximates "take it when it is believable", which this does exactly."""
@@ -492,6 +494,7 @@ class WrittenPrice(layers.Layer):
 
 def build_price_head(input_dim: int, cfg: PriceConfig, seed: int | None = None,
                      written: tuple[int, int] | None = None,
+                     comparable: tuple[int, int] | None = None,
                      name: str = "price_head") -> keras.Model:
     """float [N, input_dim] -> ``QUANTILES_LAYER`` [N, len(cfg.quantiles)]: log-price
     quantiles at ``cfg.quantiles``, in increasing order by construction (``OrderedQuantiles``).
@@ -500,12 +503,16 @@ def build_price_head(input_dim: int, cfg: PriceConfig, seed: int | None = None,
     flags, ...) is standardised (``Standardize``), then one ReLU layer of ``cfg.hidden`` units
     and dropout. ``written``: the input columns of the written log-price and of its flag; with
     it (and ``cfg.written_gate``) a learnt gate moves the median towards that price
-    (``WrittenPrice``). ``fit_price_head`` trains it from this state.
+    (``WrittenPrice``). ``comparable``: the columns of the best comparable listing's log-price
+    and of its cosine (``marketsearch.comparables``); with it a second gate moves the median
+    towards that price, by the cosine times the gate. ``fit_price_head`` trains it from this
+    state.
     """
     if input_dim < 1:
         raise ValueError(f"input_dim {input_dim} must be at least 1")
-    if written is not None and not all(0 <= c < input_dim for c in written):
-        raise ValueError(f"written columns {written} are not inside the {input_dim} inputs")
+    for what, columns in (("written", written), ("comparable", comparable)):
+        if columns is not None and not all(0 <= c < input_dim for c in columns):
+            raise ValueError(f"{what} columns {columns} are not inside the {input_dim} inputs")
     features = keras.Input((input_dim,), name="price_features")
     x = Standardize(name="standardize")(features)
     x = layers.Dense(cfg.hidden, activation="relu", name="price_hidden",
@@ -514,10 +521,16 @@ def build_price_head(input_dim: int, cfg: PriceConfig, seed: int | None = None,
     raw = layers.Dense(len(cfg.quantiles), name="price_raw",
                        kernel_initializer=keras.initializers.GlorotUniform(seed))(x)
     median = cfg.quantiles.index(0.5)
-    if written is not None and cfg.written_gate:
-        gate = layers.Dense(1, activation="sigmoid", name="price_gate",
-                            kernel_initializer=keras.initializers.GlorotUniform(seed))(x)
-        raw = WrittenPrice(median, *written, name="price_written")([raw, gate, features])
+    # (gate, layer, columns): a comparable's price first, then the price the seller wrote,
+    # which has the last word
+    gates = [(gate, layer, columns) for gate, layer, columns, on in (
+        ("price_comparable_gate", "price_comparable", comparable, True),
+        ("price_gate", "price_written", written, cfg.written_gate)) if columns is not None and on]
+    for i, (gate_name, layer, columns) in enumerate(gates):
+        gate = layers.Dense(1, activation="sigmoid", name=gate_name,
+                            kernel_initializer=keras.initializers.GlorotUniform(
+                                None if seed is None else seed + i))(x)
+        raw = WrittenPrice(median, *columns, name=layer)([raw, gate, features])
     quantiles = OrderedQuantiles(median, name=QUANTILES_LAYER)(raw)
     return keras.Model(features, quantiles, name=name)
 

@@ -9,15 +9,18 @@ Files in the model part, so in the bundle::
                           by evaluate: the root category's median, a TF-IDF ridge regression;
                           with ``price.text_char_terms``, "text_price", the ridge of words and
                           character n-grams whose log-price of the text the head reads instead
+    price_comparables/    with ``price.comparables``, the catalogue's priced listings indexed by
+                          their text (``marketsearch.comparables``): the head reads the
+                          nearest ones' prices
 
 A listing's price features are what the server computes for a request (``features``): the
 fused embedding of ``Bundle.predict``, ``location_features`` of its coordinates, the two
-presence flags, and two from the text: the TF-IDF ridge's log-price (the baseline; with
+presence flags, and from the text: the TF-IDF ridge's log-price (the baseline; with
 ``price.text_char_terms``, "text_price", the same of words and character n-grams; stacked,
 out-of-fold for the training rows, so the head does not learn to trust a ridge that has seen
-their prices)
-and the first "£amount" the seller wrote, when there is one (a fifth of the
-listings state their price). Each listing with a price gives a row per way a seller may ask
+their prices), with ``price.comparables`` the prices of the catalogue listings whose text is
+most like it (a catalogue listing is never its own comparable), and the first "£amount" the
+seller wrote, when there is one (a fifth of the listings state their price). Each listing with a price gives a row per way a seller may ask
 (``MODES``): with text and its first photo, with text only, with the photo only (a listing
 without a photo: text only). The head so learns a price for every kind of request, and how
 much less sure it is with one modality (a wider interval).
@@ -48,19 +51,22 @@ CHUNK = 1024          # listings embedded at a time (their first photos' pixels 
 
 
 def features(embedding: np.ndarray, texts, lat, lon, has_text, has_image,
-             text_log_price) -> np.ndarray:
-    """The head's input rows, float32 [N, embedding dim + 9]: the fused embedding,
+             text_log_price, comparables: np.ndarray | None = None) -> np.ndarray:
+    """The head's input rows, float32 [N, embedding dim + 9 (+ 3)]: the fused embedding,
     ``location_features``, the text and photo flags, the ridge's log-price of the text
-    (``text_log_price``) and the first price written in it (log, and a flag), both zero
-    without text."""
+    (``text_log_price``), with a bundle that has them the text's ``comparables`` (the
+    ``Comparables.features`` of each text: best cosine, its log-price, the k best's), and
+    the first price written in it (log, and a flag); all zero without text."""
     from marketsearch.price import location_features
 
     n = len(embedding)
     has_text = np.broadcast_to(np.asarray(has_text, np.float32), n)
     has_image = np.broadcast_to(np.asarray(has_image, np.float32), n)
     written = np.array([mentioned_log_price(t) for t in texts], np.float32).reshape(n, 2)
-    text = np.column_stack([np.asarray(text_log_price, np.float32), np.ones(n, np.float32),
-                            written]) * has_text[:, None]
+    said = [np.asarray(text_log_price, np.float32), np.ones(n, np.float32)]
+    if comparables is not None:
+        said.append(np.asarray(comparables, np.float32).reshape(n, -1))
+    text = np.column_stack([*said, written]) * has_text[:, None]
     return np.concatenate([np.asarray(embedding, np.float32), location_features(lat, lon),
                            np.stack([has_text, has_image], axis=1), text],
                           axis=1).astype(np.float32)
@@ -70,6 +76,13 @@ def written_columns(dim: int) -> tuple[int, int]:
     """The columns of ``features``' rows (``dim`` wide) holding the written log-price and its
     flag: the last two."""
     return dim - 2, dim - 1
+
+
+def comparable_columns(dim: int) -> tuple[int, int]:
+    """The columns of ``features``' rows (``dim`` wide, with comparables) holding the best
+    comparable's log-price and its cosine: the head's gate moves towards that price as far as
+    it trusts a comparable that close."""
+    return dim - 4, dim - 5
 
 
 _POUNDS = re.compile(r"£\s?(\d[\d,]*(?:\.\d+)?)")
@@ -139,9 +152,12 @@ def _rows(bundle, catalogue, split: str, ids: set | None) -> dict[str, np.ndarra
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
-def _head_input(rows: dict, text_log_price) -> np.ndarray:
+def _head_input(rows: dict, text_log_price, comparables=None) -> np.ndarray:
+    """The head's input rows for ``listing_rows``; a listing is not its own comparable."""
     return features(rows["embedding"], rows["text"], rows["lat"], rows["lon"], rows["has_text"],
-                    rows["has_image"], text_log_price)
+                    rows["has_image"], text_log_price,
+                    None if comparables is None else
+                    comparables.features(rows["text"], exclude=rows["id"]))
 
 
 def ridge_log_price(ridge, texts) -> np.ndarray:
@@ -216,15 +232,19 @@ def train_price(cfg, catalogue, bundle, out_dir: str | Path) -> dict[str, Any]:
     (Path(out_dir) / BASELINES_FILE).write_text(json.dumps(
         {name: model.to_dict() for name, model in saved.items()}))
 
+    comparables = _comparables(pcfg, seed, catalogue, train["text"].tolist(), cfg.index, out_dir)
     rows = {split: _rows(bundle, catalogue, split, samples[split]) for split in ("train", "val")}
     oof = _out_of_fold(train, pcfg.ridge_folds, seed, pcfg.text_char_terms)
-    x = _head_input(rows["train"], [oof[i] for i in rows["train"]["id"]])
-    x_val = _head_input(rows["val"], ridge_log_price(text_price, rows["val"]["text"]))
+    x = _head_input(rows["train"], [oof[i] for i in rows["train"]["id"]], comparables)
+    x_val = _head_input(rows["val"], ridge_log_price(text_price, rows["val"]["text"]),
+                        comparables)
     y, y_val = rows["train"]["log_price"], rows["val"]["log_price"]
     heads, histories = [], []
     for i in range(pcfg.heads):
-        heads.append(build_price_head(x.shape[1], pcfg, seed=seed + i, name=f"price_head_{i}",
-                                      written=written_columns(x.shape[1])))
+        heads.append(build_price_head(
+            x.shape[1], pcfg, seed=seed + i, name=f"price_head_{i}",
+            written=written_columns(x.shape[1]),
+            comparable=comparable_columns(x.shape[1]) if comparables else None))
         histories.append(fit_price_head(heads[-1], x, y, x_val, y_val, pcfg, seed + i))
     head = heads[0]
     calibration = {k: histories[0][k] for k in ("interval_scale", "coverage_before", "coverage")}
@@ -252,6 +272,23 @@ def train_price(cfg, catalogue, bundle, out_dir: str | Path) -> dict[str, Any]:
             val["price"].to_numpy(), *model.predict(inputs.tolist()))["mdape"]
     log.info("price head: %s", figures)
     return {"price": figures, "price_history": history}
+
+
+def _comparables(pcfg, seed: int, catalogue, texts: list[str], index_cfg, out_dir):
+    """With ``price.comparables``, the catalogue's priced listings (every split: a listing's
+    comparables are the catalogue's other listings, as a seller's are at serving time)
+    indexed by their text, shard by shard, the embedder fitted on the training sample's
+    ``texts``; saved into ``out_dir``. None when off."""
+    from marketsearch.comparables import DIRECTORY, Comparables, TextEmbedder
+
+    if not pcfg.comparables:
+        return None
+    embedder = TextEmbedder.fit(texts, pcfg.comparables_dim, pcfg.comparables_min_df, seed)
+    listings = (priced(frame) for frame in catalogue.listing_parts(None, ["text", "price"]))
+    comparables = Comparables.build(embedder, listings, len(priced(catalogue.plan.listings)),
+                                    pcfg.comparables, index_cfg)
+    comparables.save(Path(out_dir) / DIRECTORY)
+    return comparables
 
 
 def load_baselines(bundle_dir: str | Path) -> dict | None:
@@ -288,7 +325,7 @@ def score_prices(bundle, parts, sample: int = 2000, seed: int = 0) -> dict | Non
         if not rows:
             continue
         prices = bundle.price(rows["embedding"], rows["text"], rows["has_text"],
-                              rows["has_image"], rows["lat"], rows["lon"])
+                              rows["has_image"], rows["lat"], rows["lon"], exclude=rows["id"])
         with_photo = set(rows["id"][rows["mode"] == "both"])
         served = (rows["mode"] == "both") | ((rows["mode"] == "text") &
                                              ~np.isin(rows["id"], list(with_photo)))

@@ -31,9 +31,16 @@ def test_train_fusion_trains_the_price_head_and_its_baselines_into_the_bundle(tr
     from marketsearch.pricing import score_prices
     from marketsearch.records import CleanData
 
-    val = score_prices(Bundle(bundle_dir), CleanCatalogue.of(CleanData.load(
-        bundle_dir.parent / "clean")).parts("val"))
+    catalogue = CleanCatalogue.of(CleanData.load(bundle_dir.parent / "clean"))
+    val = score_prices(Bundle(bundle_dir), catalogue.parts("val"))
+    # (and a listing is its own comparable in neither)
     assert val["modes"]["both"]["mdape"] == pytest.approx(result["price_val_mdape"], rel=1e-4)
+    # the comparables it reads: every priced listing of the catalogue, whatever its split
+    from marketsearch.pricing import priced
+
+    comparables = Bundle(bundle_dir).comparables
+    assert len(comparables.index) == len(priced(catalogue.plan.listings)) > 0
+    assert comparables.k == cfg.price.comparables
     baselines = load_baselines(bundle_dir)
     estimate, low, high = baselines["tfidf_ridge"].predict(["mountain bike 21 gears"])
     assert low[0] <= estimate[0] <= high[0] and estimate[0] > 0

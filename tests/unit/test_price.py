@@ -323,6 +323,32 @@ def test_written_price_gate_moves_the_median_of_rows_that_state_a_price(tmp_path
         build_price_head(6, cfg, written=(4, 6))
 
 
+def test_comparable_gate_moves_the_median_by_the_cosine_and_the_written_price_has_the_last_word():
+    """Both gates open: a row's median goes the comparable's cosine of the way towards its
+    price, then all the way to a price the seller wrote."""
+    cfg = PriceConfig(hidden=8)
+    x = np.random.default_rng(0).normal(size=(3, 7)).astype(np.float32)
+    x[:, 2] = [1.0, 0.5, 0.5]                                # the best comparable's cosine
+    x[:, 3] = np.log([80.0, 80.0, 80.0])                     # its log-price
+    x[:, 6] = [0, 0, 1]                                      # a price is written ...
+    x[:, 5] = np.log([1.0, 1.0, 30.0])                       # ... here
+    head = build_price_head(7, cfg, seed=0, written=(5, 6), comparable=(3, 2))
+    head.get_layer("standardize").adapt(np.random.default_rng(1).normal(size=(50, 7)))
+    for name in ("price_comparable_gate", "price_gate"):
+        gate = head.get_layer(name)
+        gate.set_weights([np.zeros_like(gate.get_weights()[0]), np.full((1,), 50.0, np.float32)])
+    opened = head.predict(x, verbose=0)
+    assert opened[0, 1] == pytest.approx(math.log(80.0), rel=1e-5)
+    gate = head.get_layer("price_comparable_gate")
+    gate.set_weights([gate.get_weights()[0], np.full((1,), -50.0, np.float32)])
+    own = head.predict(x, verbose=0)[1, 1]                   # the head's median, no comparable
+    assert opened[1, 1] == pytest.approx((own + math.log(80.0)) / 2, rel=1e-5)
+    assert opened[2, 1] == pytest.approx(math.log(30.0), rel=1e-5)
+    assert (np.diff(opened, axis=1) > 0).all()
+    with pytest.raises(ValueError, match=r"comparable columns \(7, 2\) are not inside the 7"):
+        build_price_head(7, cfg, comparable=(7, 2))
+
+
 def test_fit_refuses_bad_rows_and_a_mismatched_config():
     head = build_price_head(DIM, HEAD_CFG, seed=0)
     x, logp = _linear(20, 0)
