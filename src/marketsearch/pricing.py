@@ -20,10 +20,11 @@ presence flags, and from the text: the TF-IDF ridge's log-price (the baseline; w
 out-of-fold for the training rows, so the head does not learn to trust a ridge that has seen
 their prices), with ``price.comparables`` the prices of the catalogue listings whose text is
 most like it (a catalogue listing is never its own comparable), and the first "£amount" the
-seller wrote, when there is one (a fifth of the listings state their price). Each listing with a price gives a row per way a seller may ask
-(``MODES``): with text and its first photo, with text only, with the photo only (a listing
-without a photo: text only). The head so learns a price for every kind of request, and how
-much less sure it is with one modality (a wider interval).
+seller wrote, when there is one (a fifth of the listings state their price). Each listing
+with a price gives a row per way a seller may ask (``MODES``): with text and its first photo,
+with text only, with the photo only (a listing without a photo: text only). The head so
+learns a price for every kind of request, and how much less sure it is with one modality (a
+wider interval).
 
 Training holds its rows in memory: at most ``price.max_train_listings`` sampled listings (and
 as many for validation) whatever the catalogue's size; the rows are built shard by shard.
