@@ -258,6 +258,7 @@ class TfidfRidge(_Baseline):
         self.intercept = 0.0
         self.residual_quantiles = [0.0, 0.0]  # log-price offsets of low and high
         self._vectorizer = None
+        self._coef = None      # ``coef`` as an array, made once (a served request is one text)
 
     def _new_vectorizer(self, vocabulary: Mapping[str, int] | None = None,
                         char_vocabulary: Mapping[str, int] | None = None):
@@ -319,7 +320,7 @@ class TfidfRidge(_Baseline):
             self.char_vocabulary, self.char_idf = chars[0]
         self.coef = ridge.coef_.tolist()
         self.intercept = float(ridge.intercept_)
-        self._vectorizer = vectorizer
+        self._vectorizer, self._coef = vectorizer, None
         log.info("tf-idf ridge: %d listings, %d terms, residual interval [%.3f, %.3f] (%s)", n,
                  len(self.vocabulary) + len(self.char_vocabulary), *self.residual_quantiles,
                  f"{n_held} held out" if n_held else "training residuals")
@@ -333,7 +334,9 @@ class TfidfRidge(_Baseline):
             for part, idf in zip(self._parts(self._vectorizer), (self.idf, self.char_idf)):
                 part.idf_ = np.asarray(idf, dtype=np.float64)
         features = self._vectorizer.transform(_strings(texts))
-        centre = features @ np.asarray(self.coef, dtype=np.float64) + self.intercept
+        if self._coef is None:
+            self._coef = np.asarray(self.coef, dtype=np.float64)
+        centre = features @ self._coef + self.intercept
         low, high = self.residual_quantiles
         return np.exp(centre), np.exp(centre + low), np.exp(centre + high)
 
