@@ -7,8 +7,8 @@ TF-IDF cosine is 0.5 or more, and that listing's price is then off by a median 1
 true one, against about 50% for the price head without it. The fused embedding tells
 categories apart and finds such twins poorly; word statistics find them.
 
-- ``TextEmbedder``: the TF-IDF of word 1- and 2-grams (``marketsearch.text.tokenize``,
-  sublinear term frequency, terms in at least ``min_df`` listings) projected by a truncated
+- ``TextEmbedder``: the TF-IDF of word 1- and 2-grams (``marketsearch.price.word_tfidf``,
+  the TF-IDF ridge's words; terms in at least ``min_df`` listings) projected by a truncated
   SVD (latent semantic analysis) to ``dim`` and L2-normalised, so that a FAISS inner product
   is the cosine; dense, so the catalogue's vectors go into the same kind of index as the
   listings' (``marketsearch.index``, its type chosen by size).
@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,6 @@ PROJECTION_FILE = "projection.npy"
 INDEX_DIR = "index"
 SETTINGS_FILE = "comparables.json"
 WIDTH = 3  # the columns ``features`` gives per text
-
-
-def _tfidf(min_df: int, vocabulary=None):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    from marketsearch.text import tokenize
-
-    return TfidfVectorizer(tokenizer=tokenize, lowercase=False, token_pattern=None,
-                           ngram_range=(1, 2), sublinear_tf=True, min_df=min_df,
-                           vocabulary=vocabulary, dtype=np.float32)
 
 
 class TextEmbedder:
@@ -74,7 +65,9 @@ class TextEmbedder:
         ``dim`` is capped below the number of texts and of terms."""
         from sklearn.decomposition import TruncatedSVD
 
-        vectorizer = _tfidf(min_df)
+        from marketsearch.price import word_tfidf
+
+        vectorizer = word_tfidf(min_df, dtype=np.float32)
         try:
             x = vectorizer.fit_transform([t or "" for t in texts])
         except ValueError as err:  # no term in min_df listings
@@ -106,8 +99,9 @@ class TextEmbedder:
         if projection.shape != (len(state["vocabulary"]), state["dim"]):
             raise ValueError(f"{directory}: the projection is {projection.shape}, the embedder "
                              f"names {len(state['vocabulary'])} terms x {state['dim']}")
-        vectorizer = _tfidf(state["min_df"], state["vocabulary"])
-        vectorizer.idf_ = np.asarray(state["idf"], np.float64)
+        from marketsearch.price import word_tfidf
+
+        vectorizer = word_tfidf(state["min_df"], state["vocabulary"], state["idf"], np.float32)
         return cls(vectorizer, projection, state["min_df"])
 
 
@@ -131,10 +125,17 @@ class Comparables:
             vectors = np.lib.format.open_memmap(Path(tmp) / "vectors.npy", mode="w+",
                                                 dtype=np.float32,
                                                 shape=(max(n_expected, 1), embedder.dim))
+            bar = tqdm(total=n_expected, desc="price comparables: embed listings",
+                       unit="listing", mininterval=2)
             for frame in listings:
+                if len(ids) + len(frame) > n_expected:
+                    raise ValueError(f"more priced listings to index as comparables than the "
+                                     f"{n_expected} expected")
                 vectors[len(ids):len(ids) + len(frame)] = embedder.embed(frame["text"].tolist())
                 ids += frame["id"].tolist()
                 log_prices.append(np.log(frame["price"].to_numpy(np.float64)))
+                bar.update(len(frame))
+            bar.close()
             if not ids:
                 raise ValueError("no priced listings to index as comparables")
             index = SearchIndex.build(vectors[:len(ids)], ids, pd.DataFrame(
@@ -146,6 +147,14 @@ class Comparables:
         """float32 [N, 3] per text: the best comparable's cosine (0..1), its log-price, and
         the cosine²-weighted mean log-price of the ``k`` best; zeros for "" or a text with no
         known term. ``exclude``: per text, a listing id that is not its comparable (itself)."""
+        # each distinct (text, excluded id) once: a listing is asked with and without its
+        # photo, the same text twice
+        keys = list(zip(texts, [None] * len(texts) if exclude is None else exclude))
+        where = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+        if len(where) < len(keys):
+            rows = self.features([t for t, _ in where], None if exclude is None else
+                                 [e for _, e in where])
+            return rows[[where[key] for key in keys]]
         out = np.zeros((len(texts), WIDTH), np.float32)
         vectors = self.embedder.embed(texts)
         said = np.flatnonzero(np.linalg.norm(vectors, axis=1) > 0)

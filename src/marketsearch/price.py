@@ -214,6 +214,22 @@ def _lower_start(n: int, text: str) -> str:
     return text[:n].lower()
 
 
+def word_tfidf(min_df: int, vocabulary: Mapping[str, int] | None = None,
+               idf: Sequence[float] | None = None, dtype=np.float64):
+    """The TF-IDF of a listing text's word 1- and 2-grams (``marketsearch.text.tokenize``),
+    sublinear term frequency, terms in at least ``min_df`` listings: ``TfidfRidge``'s words
+    and ``marketsearch.comparables``' embedder. With ``vocabulary`` and ``idf`` (a fitted one's
+    state) it is ready to transform without fitting."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(tokenizer=tokenize, lowercase=False, token_pattern=None,
+                                 ngram_range=(1, 2), sublinear_tf=True, min_df=min_df,
+                                 vocabulary=vocabulary, dtype=dtype)
+    if idf is not None:
+        vectorizer.idf_ = np.asarray(idf, dtype=np.float64)
+    return vectorizer
+
+
 class TfidfRidge(_Baseline):
     """Baseline: ridge regression of log(price) on the TF-IDF of the listing text (what
     ``marketsearch.text.listing_text`` makes of a listing): word 1- and 2-grams of
@@ -265,9 +281,7 @@ class TfidfRidge(_Baseline):
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.pipeline import FeatureUnion
 
-        words = TfidfVectorizer(tokenizer=tokenize, lowercase=False, token_pattern=None,
-                                ngram_range=(1, 2), sublinear_tf=True, min_df=self.min_df,
-                                vocabulary=vocabulary)
+        words = word_tfidf(self.min_df, vocabulary)
         if not self.char_terms:
             return words
         chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True,

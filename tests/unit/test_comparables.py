@@ -60,3 +60,20 @@ def test_saved_and_loaded_it_answers_the_same(comparables, tmp_path):
 def test_too_few_texts_to_learn_terms_from_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot fit comparables on 2 texts"):
         TextEmbedder.fit(["a b", "c d"], dim=8, min_df=3, seed=0)
+
+
+def test_the_same_text_asked_twice_gets_the_same_answer_as_once(comparables):
+    """A listing is asked with and without its photo: the second ask is not searched again,
+    and answers as the first (its own exclusion kept)."""
+    texts = ["iphone 12 mini 64gb unlocked white", "oak dining table with four chairs"] * 2
+    ids = ["b", "c", "b", "x"]
+    twice = comparables.features(texts, exclude=ids)
+    np.testing.assert_array_equal(twice[0], twice[2])
+    np.testing.assert_array_equal(twice[[0, 1]], comparables.features(texts[:2], ids[:2]))
+    # "c" left out of the one, not of the other
+    assert twice[1, 1] == pytest.approx(math.log(150.0)) and twice[3, 0] > twice[1, 0]
+
+
+def test_more_listings_than_expected_is_a_clear_error(comparables):
+    with pytest.raises(ValueError, match="than the 4 expected"):
+        Comparables.build(comparables.embedder, [LISTINGS], 4, k=2)
