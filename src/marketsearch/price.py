@@ -440,12 +440,15 @@ class Standardize(layers.Layer):
 class _AroundMedian(layers.Layer):
     """What the quantile output layers share: the index of the median column (``median``),
     the non-trainable ``interval_scale`` that conformal calibration sets
-    (``calibrate_price_head``; 1 while training, saved with the model), and the shape they
-    keep."""
+    (``calibrate_price_head``; 1 while training, saved with the model), the shape they keep,
+    and ``estimate_shift``: the log of the factor on the median that makes the suggested
+    price (``from_log_quantiles``), also set by calibration and saved in the layer's config
+    (0 in a head saved before it existed)."""
 
-    def __init__(self, median: int, **kwargs):
+    def __init__(self, median: int, estimate_shift: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.median = int(median)
+        self.estimate_shift = float(estimate_shift)
 
     def build(self, input_shape):
         self.interval_scale = self.add_weight(name="interval_scale", shape=(),
@@ -455,7 +458,8 @@ class _AroundMedian(layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "median": self.median}
+        return {**super().get_config(), "median": self.median,
+                "estimate_shift": self.estimate_shift}
 
 
 @keras.saving.register_keras_serializable(package="marketsearch")
@@ -637,11 +641,36 @@ def conformal_scale(log_prices: np.ndarray, quantiles: np.ndarray, median: int,
     return float(needed[min(math.ceil((n + 1) * target), n) - 1])
 
 
-def calibrate_price_head(head: keras.Model, x, log_prices, target: float) -> dict[str, float]:
-    """Conformal calibration on rows the head did not train on (the validation split): sets
-    the head's ``interval_scale`` so that its interval [lowest, highest quantile] covers
-    ``target`` of them, and returns {"interval_scale", "coverage_before", "coverage"} (the
-    rows' coverage at scale 1 and after)."""
+def relative_error_shift(mdape: float) -> float:
+    """The log-shift of a median that centres the window of relative errors up to ``mdape``
+    on it: a price p is within a fraction t of the true price T when T lies in
+    [p / (1 + t), p / (1 - t)], which in log space reaches log(1 + t) below log p and
+    -log(1 - t) above it, more above than below (twice the price is 100% off, half of it
+    50%). Centred on the median m of a price's (roughly symmetric) log distribution, the
+    window holds the most of it, at log p = m + log((1 + t)(1 - t)) / 2, so the share of
+    suggestions within t of the price (and with it their median relative error) is best
+    there. ``mdape`` is capped at 0.95: a head that bad gets a factor of 0.31."""
+    if not mdape >= 0:
+        raise ValueError(f"a median relative error must be 0 or more, not {mdape}")
+    t = min(float(mdape), 0.95)
+    return 0.5 * math.log1p(-t * t)
+
+
+def calibrate_price_head(head: keras.Model, x, log_prices, target: float,
+                         relative: bool = True, relative_rows=None) -> dict[str, float]:
+    """Calibration on rows the head did not train on (the validation split):
+
+    - the interval (split conformal): sets the head's ``interval_scale`` so that its interval
+      [lowest, highest quantile] covers ``target`` of the rows;
+    - with ``relative``, the suggested price: sets its ``estimate_shift`` to
+      ``relative_error_shift`` of the median's median relative error on the rows (those of
+      the boolean mask ``relative_rows``, when given: the requests the suggestion is tuned
+      for), so that the suggestion is the median times sqrt(1 - that error²); without it the
+      suggestion is the median.
+
+    Returns {"interval_scale", "coverage_before", "coverage" (the rows' coverage at scale 1
+    and after), "estimate_factor", "mdape_before", "mdape" (the suggestion's median relative
+    error on those rows with the median itself and after)}."""
     x, log_prices = _head_rows(x, log_prices, "calibration")
     if not len(x):
         raise ValueError("calibration needs rows: none given")
@@ -650,27 +679,44 @@ def calibrate_price_head(head: keras.Model, x, log_prices, target: float) -> dic
     before = _log_quantiles(head, x)
     scale = conformal_scale(log_prices, before, layer.median, target)
     layer.interval_scale.assign(scale)
+    after = _log_quantiles(head, x)
+    rows = np.ones(len(x), bool) if relative_rows is None else np.asarray(relative_rows, bool)
+    _same_length("calibration rows", len(rows), features=x)
+    if not rows.any():
+        raise ValueError("relative_rows selects none of the calibration rows")
+    true = np.exp(log_prices[rows].astype(np.float64))
+    layer.estimate_shift = 0.0
+    mdape_before = float(np.median(np.abs(np.exp(after[rows, layer.median]) / true - 1)))
+    layer.estimate_shift = relative_error_shift(mdape_before) if relative else 0.0
+    estimate = from_log_quantiles(head, after[rows])[0]
     out = {"interval_scale": scale, "coverage_before": _coverage(log_prices, before),
-           "coverage": _coverage(log_prices, _log_quantiles(head, x))}
-    log.info("price interval calibrated on %d rows: scale %.3f, coverage %.3f -> %.3f (target "
-             "%.2f)", len(x), scale, out["coverage_before"], out["coverage"], target)
+           "coverage": _coverage(log_prices, after),
+           "estimate_factor": math.exp(layer.estimate_shift), "mdape_before": mdape_before,
+           "mdape": float(np.median(np.abs(estimate / true - 1)))}
+    log.info("price head calibrated on %d rows: interval scale %.3f, coverage %.3f -> %.3f "
+             "(target %.2f); suggestion the median x %.3f, median relative error %.3f -> %.3f",
+             len(x), scale, out["coverage_before"], out["coverage"], target,
+             out["estimate_factor"], mdape_before, out["mdape"])
     return out
 
 
 def fit_price_head(head: keras.Model, x_train, logp_train, x_val, logp_val, cfg: PriceConfig,
-                   seed: int, verbose: int = 0) -> dict[str, Any]:
+                   seed: int, verbose: int = 0, relative_rows=None) -> dict[str, Any]:
     """Train a head as ``build_price_head`` made it on (features, log-price) rows, then
-    calibrate its interval on the validation rows.
+    calibrate its interval and its suggestion on the validation rows.
 
     1. Its ``Standardize`` layer takes the training features' mean and spread, and its output
        biases the training log-prices' quantiles (it starts from the unconditional answer).
     2. Pinball loss at ``cfg.quantiles``, AdamW with ``cfg.weight_decay`` (not on biases and
        norms) and the house warm-up + cosine learning rate (``lr_schedule``), early stopping
        on the validation loss after ``cfg.patience`` epochs, the best epoch's weights kept.
-    3. ``calibrate_price_head`` on the validation rows to ``cfg.interval_target``.
+    3. ``calibrate_price_head`` on the validation rows to ``cfg.interval_target``, the
+       suggestion moved for relative error with ``cfg.relative_estimate`` (tuned on the
+       validation rows of the mask ``relative_rows``, when given).
 
     Returns the Keras history (lists per metric), ``best_epoch`` (1-based), ``epochs_run``,
-    ``seconds`` and the calibration's ``interval_scale``, ``coverage_before``, ``coverage``.
+    ``seconds`` and the calibration's figures (``interval_scale``, ``coverage``,
+    ``estimate_factor``, ...).
     """
     x_train, logp_train = _head_rows(x_train, logp_train, "train")
     x_val, logp_val = _head_rows(x_val, logp_val, "val")
@@ -700,7 +746,8 @@ def fit_price_head(head: keras.Model, x_train, logp_train, x_val, logp_val, cfg:
     out: dict[str, Any] = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     out["best_epoch"] = int(stopper.best_epoch) + 1
     out["epochs_run"] = len(hist.history["loss"])
-    out.update(calibrate_price_head(head, x_val, logp_val, cfg.interval_target))
+    out.update(calibrate_price_head(head, x_val, logp_val, cfg.interval_target,
+                                    cfg.relative_estimate, relative_rows))
     out["seconds"] = time.perf_counter() - start
     log.info("trained price head: %d epochs in %.1fs, best epoch %d (val pinball %.4f)",
              out["epochs_run"], out["seconds"], out["best_epoch"], float(stopper.best))
@@ -714,10 +761,14 @@ def predict_price(head: keras.Model, x) -> Estimates:
 
 
 def from_log_quantiles(head: keras.Model, quantiles) -> Estimates:
-    """(estimate, low, high) in £ from the head's output (however it was run)."""
+    """(estimate, low, high) in £ from the head's output (however it was run): the estimate
+    is the median moved by the head's calibrated ``estimate_shift`` (``calibrate_price_head``),
+    kept inside the interval."""
     quantiles = np.asarray(quantiles, dtype=np.float64)
-    median = head.get_layer(QUANTILES_LAYER).median
-    return np.exp(quantiles[:, median]), np.exp(quantiles[:, 0]), np.exp(quantiles[:, -1])
+    layer = head.get_layer(QUANTILES_LAYER)
+    low, high = np.exp(quantiles[:, 0]), np.exp(quantiles[:, -1])
+    estimate = np.exp(quantiles[:, layer.median] + layer.estimate_shift)
+    return np.clip(estimate, low, high), low, high
 
 
 # --------------------------------------------------------------------------- the figure

@@ -240,21 +240,26 @@ def train_price(cfg, catalogue, bundle, out_dir: str | Path) -> dict[str, Any]:
     x_val = _head_input(rows["val"], ridge_log_price(text_price, rows["val"]["text"]),
                         comparables)
     y, y_val = rows["train"]["log_price"], rows["val"]["log_price"]
+    # the suggestion is tuned for, and the head's figure is, the way a seller mostly asks
+    both = rows["val"]["mode"] == "both"
+    tuned = both if both.any() else None
     heads, histories = [], []
     for i in range(pcfg.heads):
         heads.append(build_price_head(
             x.shape[1], pcfg, seed=seed + i, name=f"price_head_{i}",
             written=written_columns(x.shape[1]),
             comparable=comparable_columns(x.shape[1]) if comparables else None))
-        histories.append(fit_price_head(heads[-1], x, y, x_val, y_val, pcfg, seed + i))
+        histories.append(fit_price_head(heads[-1], x, y, x_val, y_val, pcfg, seed + i,
+                                        relative_rows=tuned))
     head = heads[0]
-    calibration = {k: histories[0][k] for k in ("interval_scale", "coverage_before", "coverage")}
+    calibration = {k: histories[0][k] for k in ("interval_scale", "coverage_before", "coverage",
+                                                "estimate_factor")}
     if len(heads) > 1:
         head = average_price_heads(heads)
-        calibration = calibrate_price_head(head, x_val, y_val, pcfg.interval_target)
+        calibration = calibrate_price_head(head, x_val, y_val, pcfg.interval_target,
+                                           pcfg.relative_estimate, tuned)
     head.save(Path(out_dir) / PRICE_FILE)
 
-    both = rows["val"]["mode"] == "both"
     figures = {"rows": len(x), "val_rows": len(x_val), "heads": len(heads),
                "val_mdape": price_metrics(np.exp(y_val[both]),
                                           *predict_price(head, x_val[both]))["mdape"],

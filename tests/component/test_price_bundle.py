@@ -25,6 +25,7 @@ def test_train_fusion_trains_the_price_head_and_its_baselines_into_the_bundle(tr
     result = json.loads((bundle_dir.parent / "fused" / "result.json").read_text())
     assert result["price_rows"] > result["price_val_rows"] > 0
     assert 0.0 <= result["price_coverage"] <= 1.0 and result["price_interval_scale"] > 0
+    assert 0.3 <= result["price_estimate_factor"] <= 1.0   # the suggestion: below the median
     # the bundle's head answers the validation listings as it did in training (it learned
     # from the embeddings the served bundle computes, vocabulary and all)
     from marketsearch.catalogue import CleanCatalogue

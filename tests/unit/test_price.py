@@ -17,7 +17,8 @@ from marketsearch.config import Config, PriceConfig  # noqa: E402
 from marketsearch.price import (  # noqa: E402
     QUANTILES_LAYER, CategoryMedian, OrderedQuantiles, PinballLoss, Standardize, TfidfRidge,
     average_price_heads, build_price_head, calibrate_price_head, conformal_scale,
-    fit_price_head, location_features, predict_price, price_metrics, price_plot)
+    fit_price_head, location_features, predict_price, price_metrics, price_plot,
+    relative_error_shift)
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -247,6 +248,45 @@ def test_calibrated_interval_covers_the_target_of_the_validation_rows(trained):
     calibrate_price_head(head, x_val, logp_val, HEAD_CFG.interval_target)
 
 
+def test_relative_error_shift_centres_the_window_and_lowers_the_median_relative_error():
+    assert relative_error_shift(0.0) == 0.0
+    assert relative_error_shift(0.5) == pytest.approx(0.5 * np.log(0.75))
+    assert relative_error_shift(3.0) == relative_error_shift(0.95)   # capped, still finite
+    with pytest.raises(ValueError, match="0 or more"):
+        relative_error_shift(float("nan"))
+    # Prices whose log lies around the suggested median (sd 0.9): the median asks too much
+    # by more, in relative terms, than it asks too little; the shifted one less so.
+    rng = np.random.default_rng(0)
+    median = rng.uniform(1, 6, size=50_000)
+    true = np.exp(median + rng.normal(0, 0.9, size=median.size))
+    error = lambda estimate: np.median(np.abs(estimate / true - 1))  # noqa: E731
+    plain = error(np.exp(median))
+    shifted = error(np.exp(median + relative_error_shift(plain)))
+    assert shifted < plain - 0.003
+
+
+def test_calibration_moves_the_suggestion_below_the_median_and_can_leave_it(trained):
+    head, history = trained
+    assert history["estimate_factor"] == pytest.approx(
+        np.sqrt(1 - history["mdape_before"] ** 2))
+    assert history["estimate_factor"] < 1 and history["mdape"] <= history["mdape_before"]
+    x_val, logp_val = _linear(300, 1)
+    layer = head.get_layer(QUANTILES_LAYER)
+    median = np.exp(head.predict(x_val, verbose=0)[:, layer.median])
+    np.testing.assert_allclose(predict_price(head, x_val)[0],
+                               median * history["estimate_factor"], rtol=1e-5)
+    with pytest.raises(ValueError, match="selects none"):
+        calibrate_price_head(head, x_val, logp_val, 0.8, relative_rows=np.zeros(300, bool))
+    half = calibrate_price_head(head, x_val, logp_val, 0.8, relative_rows=np.arange(300) < 150)
+    assert half["mdape_before"] == pytest.approx(
+        np.median(np.abs(median[:150] / np.exp(logp_val[:150]) - 1)), rel=1e-5)
+    plain = calibrate_price_head(head, x_val, logp_val, HEAD_CFG.interval_target,
+                                 relative=False)
+    assert plain["estimate_factor"] == 1.0 and layer.estimate_shift == 0.0
+    np.testing.assert_allclose(predict_price(head, x_val)[0], median, rtol=1e-5)
+    calibrate_price_head(head, x_val, logp_val, HEAD_CFG.interval_target)   # as it was
+
+
 def test_head_round_trips_through_keras_file(trained, tmp_path):
     head, history = trained
     path = tmp_path / "price.keras"
@@ -254,6 +294,8 @@ def test_head_round_trips_through_keras_file(trained, tmp_path):
     loaded = keras.models.load_model(path)
     assert float(loaded.get_layer(QUANTILES_LAYER).interval_scale) == \
         pytest.approx(history["interval_scale"])
+    assert loaded.get_layer(QUANTILES_LAYER).estimate_shift == \
+        pytest.approx(np.log(history["estimate_factor"])) != 0
     x, _ = _linear(50, 4)
     for a, b in zip(predict_price(head, x), predict_price(loaded, x)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
