@@ -234,6 +234,30 @@ class Bundle(Record):
             self.__dict__["_fn_all"] = forward
         return self.__dict__["_fn_all"]
 
+    def _photo_to_fused(self):
+        """Both parts traced as one function (uint8 photos in, as ``_compiled``'s): for items
+        that all have a photo and no ``feature_cache`` (a server's requests), one call instead
+        of the backbone's and then ``_from_features``' (~1.3 ms less a request, same output)."""
+        if "_fn_photo_to_fused" not in self.__dict__:
+            import tensorflow as tf
+
+            from marketsearch.models.image import FEATURES_LAYER
+
+            backbone, model = self.parts
+            spec = {t.name: tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in model.inputs
+                    if t.name != FEATURES_LAYER}
+            spec["image"] = tf.TensorSpec((None, *backbone.inputs[0].shape[1:]), tf.uint8)
+
+            @tf.function(input_signature=[spec])
+            def forward(x):
+                x = dict(x)
+                image = tf.cast(x.pop("image"), backbone.inputs[0].dtype)
+                x[FEATURES_LAYER] = backbone(image, training=False)
+                return model(x, training=False)
+
+            self.__dict__["_fn_photo_to_fused"] = forward
+        return self.__dict__["_fn_photo_to_fused"]
+
     def _from_features(self):
         import tensorflow as tf
 
@@ -250,7 +274,8 @@ class Bundle(Record):
         Training-time evaluation, the index build and the server all call this, so an item is
         preprocessed and run through the same traced function wherever it is seen. The
         backbone runs only for items that have a photo, through ``feature_cache`` when it is
-        set (batch work: index build, evaluation)."""
+        set (batch work: index build, evaluation); items that all have a photo, without the
+        cache, go through both parts in one traced call (``_photo_to_fused``)."""
         n = len(texts) if texts is not None else len(pixels)
         has_text = np.ones(n, np.float32) if has_text is None else np.asarray(has_text, np.float32)
         has_image = np.ones(n, np.float32) if has_image is None else np.asarray(has_image, np.float32)
@@ -259,9 +284,12 @@ class Bundle(Record):
         if pixels is None:
             has_image = np.zeros(n, np.float32)
         text_x = self.text_batch(texts if texts is not None else [""] * n)
-        if self.parts is not None:
+        with_photo = np.flatnonzero(has_image > 0)
+        if self.parts is not None and self.feature_cache is None and 0 < len(with_photo) == n:
+            forward = self._photo_to_fused()
+            inputs = {"image": self.image_batch(pixels, n), "text": text_x}
+        elif self.parts is not None:
             features = np.zeros((n, int(self.parts[0].output.shape[-1])), np.float32)
-            with_photo = np.flatnonzero(has_image > 0)
             if len(with_photo):
                 features[with_photo] = self.photo_features(pixels[with_photo], batch_size)
             forward = self._from_features()
@@ -299,17 +327,33 @@ class Bundle(Record):
         path = self.root / DIRECTORY
         return Comparables.load(path) if path.exists() else None
 
+    def price_text(self, texts, exclude=None) -> dict | None:
+        """The text's share of the price head's input for N texts ("" for none): {"ridge": the
+        text ridge's log-price, "comparables": the ``Comparables.features`` of each text (None
+        for a head that reads none)}; None for a bundle without a price head. It needs no
+        model output, so a server computes it while the models run (``SearchEngine.answer``).
+        ``exclude``: as for ``price``."""
+        from marketsearch.pricing import TEXT_PRICE, ridge_log_price
+
+        if self.price_model is None:
+            return None
+        texts = [t or "" for t in texts]
+        return {"ridge": ridge_log_price(self.price_baselines[TEXT_PRICE], texts),
+                "comparables": None if self.comparables is None else
+                self.comparables.features(texts, exclude)}
+
     def price(self, fused_embedding: np.ndarray, texts, has_text, has_image, lat=None,
-              lon=None, exclude=None) -> np.ndarray | None:
+              lon=None, exclude=None, text_part: dict | None = None) -> np.ndarray | None:
         """Suggested prices of N items from their fused embeddings (``predict``), texts (""
         for none), presence flags and coordinates (None or NaN: unknown): float32 [N, 3] of
         (estimate, low, high) in GBP, the interval the calibrated 80% one; None for a bundle
         without a price head. ``exclude``: per item, a catalogue listing id that is not its
-        comparable (pricing a catalogue listing: itself)."""
+        comparable (pricing a catalogue listing: itself). ``text_part``: ``price_text`` of the
+        same texts, when the caller computed it already."""
         import tensorflow as tf
 
         from marketsearch.price import from_log_quantiles
-        from marketsearch.pricing import TEXT_PRICE, features, ridge_log_price
+        from marketsearch.pricing import features
 
         head = self.price_model
         if head is None:
@@ -318,10 +362,9 @@ class Bundle(Record):
         texts = [t or "" for t in texts]
         lat = np.full(n, np.nan) if lat is None else np.asarray(lat, np.float64)
         lon = np.full(n, np.nan) if lon is None else np.asarray(lon, np.float64)
-        comparables = None if self.comparables is None else \
-            self.comparables.features(texts, exclude)
-        x = features(fused_embedding, texts, lat, lon, has_text, has_image,
-                     ridge_log_price(self.price_baselines[TEXT_PRICE], texts), comparables)
+        part = self.price_text(texts, exclude) if text_part is None else text_part
+        x = features(fused_embedding, texts, lat, lon, has_text, has_image, part["ridge"],
+                     part["comparables"])
         forward = self._traced("_fn_price", head, tf.TensorSpec((None, x.shape[1]), tf.float32))
         return np.stack(from_log_quantiles(head, forward(x).numpy()), axis=1).astype(np.float32)
 

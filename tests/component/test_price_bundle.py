@@ -65,6 +65,12 @@ def test_every_kind_of_request_gets_a_price_inside_its_interval(trained):
     assert np.isfinite(prices).all() and (prices > 0).all()
     estimate, low, high = prices.T
     assert (low <= estimate).all() and (estimate <= high).all() and (low < high).all()
+    # the text's share computed first (as the server does, beside the models) changes nothing
+    part = bundle.price_text(texts)
+    assert part["ridge"][1] == 0 and not part["comparables"][1].any()   # no text, no evidence
+    np.testing.assert_array_equal(bundle.price(pred.fused_embedding, texts, has_text, has_image,
+                                               lat=[51.5, np.nan, 53.4], lon=[-0.12, np.nan, -2.2],
+                                               text_part=part), prices)
     # a price the seller wrote is read: naming one moves the estimate towards it
     named = bundle.price(pred.fused_embedding[2:], ["childrens bike £900"], has_text[2:],
                          has_image[2:], lat=[53.4], lon=[-2.2])
@@ -83,6 +89,7 @@ def test_a_bundle_without_a_price_head_answers_none(trained, tmp_path):
     (old / PRICE_FILE).unlink()
     (old / BASELINES_FILE).unlink()
     assert Bundle(old).price(np.zeros((1, 4), np.float32), ["a sofa"], [1.0], [0.0]) is None
+    assert Bundle(old).price_text(["a sofa"]) is None
     assert load_baselines(old) is None
     # a bundle from before the head had its own text ridge: the head reads the baseline's
     words_only = shutil.copytree(bundle_dir, tmp_path / "words")

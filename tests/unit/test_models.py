@@ -749,3 +749,11 @@ def test_bundles_from_before_the_split_still_predict_the_same(small_models, tmp_
                                rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(b.image_probs, img_model.predict(x_img, verbose=0),
                                rtol=1e-4, atol=1e-5)
+    # items that all have a photo (a server's request) go through both parts in one traced
+    # call, and get what they got beside text-only items
+    photos = np.flatnonzero(with_photo)
+    c = split.predict([texts[i] for i in photos], x_img[photos])
+    assert "_fn_photo_to_fused" in split.__dict__
+    for field in ("fused_probs", "fused_embedding", "text_probs", "image_probs"):
+        np.testing.assert_allclose(getattr(c, field), getattr(a, field)[photos],
+                                   rtol=1e-4, atol=1e-5)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,9 @@ class SearchEngine:
         self.gazetteer = gazetteer
         self.index = bundle.index
         self.labels = bundle.labels
+        # the price head's text features, computed while the models run on the same request
+        self._text_pool = ThreadPoolExecutor(max(1, self.cfg.inference_threads),
+                                             thread_name_prefix="price-text")
         meta = self.index.metadata
         self._meta = {col: meta[col].tolist() for col in NEIGHBOR_FIELDS if col in meta.columns}
 
@@ -101,7 +105,10 @@ class SearchEngine:
     def warmup(self) -> None:
         """Trace the model function and touch every part once, so the first request is fast."""
         blank = np.full((self.bundle.image_size, self.bundle.image_size, 3), 255, np.uint8)
-        self.answer([Query("warm up", blank, 1), Query("warm up", None, 1), Query(None, blank, 1)])
+        queries = [Query("warm up", blank, 1), Query("warm up", None, 1), Query(None, blank, 1)]
+        self.answer(queries)                 # a mixed batch: the backbone, then the rest
+        for query in queries:                # one request: with a photo, both in one call
+            self.answer([query])
 
     # --- requests ------------------------------------------------------------------------
     def geocode(self, location: str):
@@ -123,10 +130,14 @@ class SearchEngine:
                            for q in queries])
         has_text = np.array([q.text is not None for q in queries], np.float32)
         has_image = np.array([q.pixels is not None for q in queries], np.float32)
+        # the text's share of the price (a ridge, a comparables search: Python and FAISS)
+        # runs beside the models (TensorFlow, which releases the GIL)
+        text_part = self._text_pool.submit(self.bundle.price_text, texts)
         pred = self.bundle.predict(texts, pixels, has_text, has_image, per_modality=True)
         prices = self.bundle.price(pred.fused_embedding, texts, has_text, has_image,
                                    [np.nan if q.lat is None else q.lat for q in queries],
-                                   [np.nan if q.lon is None else q.lon for q in queries])
+                                   [np.nan if q.lon is None else q.lon for q in queries],
+                                   text_part=text_part.result())
         probs_of = {"fused": pred.fused_probs, "text": pred.text_probs, "image": pred.image_probs}
         answers = []
         for i, q in enumerate(queries):
