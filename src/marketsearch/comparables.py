@@ -60,14 +60,17 @@ class TextEmbedder:
         return self.projection.shape[1]
 
     @classmethod
-    def fit(cls, texts: Sequence[str], dim: int, min_df: int, seed: int) -> "TextEmbedder":
-        """Learn the terms and the projection from ``texts`` (a sample of the catalogue's).
-        ``dim`` is capped below the number of texts and of terms."""
+    def fit(cls, texts: Sequence[str], dim: int, min_df: int, seed: int,
+            max_terms: int | None = None) -> "TextEmbedder":
+        """Learn the terms (at most ``max_terms``, the most frequent) and the projection from
+        ``texts`` (a sample of the catalogue's). ``dim`` is capped below the number of texts
+        and of terms. The projection is terms x ``dim`` floats, and the SVD that finds it
+        holds a few times that: ``max_terms`` bounds both whatever the catalogue's size."""
         from sklearn.decomposition import TruncatedSVD
 
         from marketsearch.price import word_tfidf
 
-        vectorizer = word_tfidf(min_df, dtype=np.float32)
+        vectorizer = word_tfidf(min_df, dtype=np.float32, max_terms=max_terms)
         try:
             x = vectorizer.fit_transform([t or "" for t in texts])
         except ValueError as err:  # no term in min_df listings

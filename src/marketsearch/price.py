@@ -215,16 +215,18 @@ def _lower_start(n: int, text: str) -> str:
 
 
 def word_tfidf(min_df: int, vocabulary: Mapping[str, int] | None = None,
-               idf: Sequence[float] | None = None, dtype=np.float64):
+               idf: Sequence[float] | None = None, dtype=np.float64,
+               max_terms: int | None = None):
     """The TF-IDF of a listing text's word 1- and 2-grams (``marketsearch.text.tokenize``),
-    sublinear term frequency, terms in at least ``min_df`` listings: ``TfidfRidge``'s words
-    and ``marketsearch.comparables``' embedder. With ``vocabulary`` and ``idf`` (a fitted one's
+    sublinear term frequency, terms in at least ``min_df`` listings (and of those the
+    ``max_terms`` most frequent, when given): ``TfidfRidge``'s words and
+    ``marketsearch.comparables``' embedder. With ``vocabulary`` and ``idf`` (a fitted one's
     state) it is ready to transform without fitting."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     vectorizer = TfidfVectorizer(tokenizer=tokenize, lowercase=False, token_pattern=None,
                                  ngram_range=(1, 2), sublinear_tf=True, min_df=min_df,
-                                 vocabulary=vocabulary, dtype=dtype)
+                                 max_features=max_terms, vocabulary=vocabulary, dtype=dtype)
     if idf is not None:
         vectorizer.idf_ = np.asarray(idf, dtype=np.float64)
     return vectorizer

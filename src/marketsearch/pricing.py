@@ -289,7 +289,8 @@ def _comparables(pcfg, seed: int, catalogue, texts: list[str], index_cfg, out_di
 
     if not pcfg.comparables:
         return None
-    embedder = TextEmbedder.fit(texts, pcfg.comparables_dim, pcfg.comparables_min_df, seed)
+    embedder = TextEmbedder.fit(texts, pcfg.comparables_dim, pcfg.comparables_min_df, seed,
+                                pcfg.comparables_max_terms)
     listings = (priced(frame) for frame in catalogue.listing_parts(None, ["text", "price"]))
     comparables = Comparables.build(embedder, listings, len(priced(catalogue.plan.listings)),
                                     pcfg.comparables, index_cfg)

@@ -77,3 +77,16 @@ def test_the_same_text_asked_twice_gets_the_same_answer_as_once(comparables):
 def test_more_listings_than_expected_is_a_clear_error(comparables):
     with pytest.raises(ValueError, match="than the 4 expected"):
         Comparables.build(comparables.embedder, [LISTINGS], 4, k=2)
+
+
+def test_max_terms_keeps_the_most_frequent_terms_and_bounds_the_projection():
+    texts = LISTINGS["text"].tolist()
+    full = TextEmbedder.fit(texts, dim=4, min_df=1, seed=0)
+    capped = TextEmbedder.fit(texts, dim=4, min_df=1, seed=0, max_terms=6)
+    assert len(full.vectorizer.vocabulary_) > 6
+    assert capped.projection.shape == (6, 4) and len(capped.vectorizer.vocabulary_) == 6
+    # those kept are terms of the most listings (two each here), none of one listing only
+    counts = {t: sum(f" {t} " in f" {text} " for text in texts)
+              for t in capped.vectorizer.vocabulary_}
+    assert set(counts.values()) == {2}, counts
+    assert "boxed" in full.vectorizer.vocabulary_ and "boxed" not in capped.vectorizer.vocabulary_

@@ -151,6 +151,11 @@ class PriceConfig(TrainingRecipe):
     comparables: int = Field(5, ge=0)
     comparables_dim: int = Field(384, ge=1)
     comparables_min_df: int = Field(3, ge=1)
+    # The embedder's terms: the most frequent this many (of those in comparables_min_df
+    # listings). The shared data's training texts have 19,948, so it binds only as the
+    # catalogue grows: make bench-scale's 16x had 51,245, and its projection and SVD took
+    # train_fusion's peak RSS to 1.35x of 1x.
+    comparables_max_terms: int = Field(20_000, ge=1)
     # The suggested price is the head's median times sqrt(1 - t²), t the median's median
     # relative error on the text-and-photo validation rows (price.relative_error_shift): a
     # relative error punishes asking too much more than too little. Seeds 42-46 on one make
