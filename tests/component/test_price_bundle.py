@@ -71,6 +71,12 @@ def test_every_kind_of_request_gets_a_price_inside_its_interval(trained):
     np.testing.assert_array_equal(bundle.price(pred.fused_embedding, texts, has_text, has_image,
                                                lat=[51.5, np.nan, 53.4], lon=[-0.12, np.nan, -2.2],
                                                text_part=part), prices)
+    # and it is what the head reads: a ridge that says ten times the price moves the estimate
+    louder = {**part, "ridge": part["ridge"] + np.log(10.0) * (has_text > 0)}
+    moved_by_ridge = bundle.price(pred.fused_embedding, texts, has_text, has_image,
+                                  lat=[51.5, np.nan, 53.4], lon=[-0.12, np.nan, -2.2],
+                                  text_part=louder)
+    assert moved_by_ridge[0, 0] != prices[0, 0] and moved_by_ridge[1, 0] == prices[1, 0]
     # a price the seller wrote is read: naming one moves the estimate towards it
     named = bundle.price(pred.fused_embedding[2:], ["childrens bike £900"], has_text[2:],
                          has_image[2:], lat=[53.4], lon=[-2.2])
