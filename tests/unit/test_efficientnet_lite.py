@@ -194,3 +194,60 @@ def test_fine_tuning_unfreezes_only_the_top_blocks_and_never_batch_norm():
     assert "block12_project_conv" not in trainable and "head_conv" in trainable
     assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
                    for layer in model.layers)
+
+
+@pytest.mark.parametrize("photo", ["mountain_bike.jpg", "laptop.jpg", "sofa.jpg"])
+def test_folding_batch_norm_keeps_what_the_network_computes(lite0_imagenet, photo):
+    """The inference copy (each batch norm folded into the conv before it) gives the ImageNet
+    logits of the graph it came from; a wrong axis or a dropped shift would not."""
+    import keras
+
+    from marketsearch.images import preprocess
+    from marketsearch.models.efficientnet_lite import fold_batch_norm
+
+    folded = fold_batch_norm(lite0_imagenet)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    assert all(layer.use_bias for layer in folded.layers
+               if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)))
+    pixels = preprocess((PHOTOS / photo).read_bytes(), 224).astype("float32")
+    x = ((pixels - 127.0) / 128.0)[None]
+    want = lite0_imagenet.predict(x, verbose=0)[0]
+    got = folded.predict(x, verbose=0)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert np.argsort(-got)[:5].tolist() == np.argsort(-want)[:5].tolist()
+
+
+def test_only_a_lite0_graph_with_batch_norms_is_folded():
+    import keras
+
+    from marketsearch.models.efficientnet_lite import efficientnet_lite0, fold_batch_norm
+
+    already = efficientnet_lite0(32, batch_norm=False)
+    other = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.BatchNormalization()])
+    for model in (already, other):
+        with pytest.raises(ValueError, match="not an EfficientNet-Lite0 graph with batch norms"):
+            fold_batch_norm(model)
+
+
+def test_the_photo_features_for_inference_are_the_trained_ones():
+    """``inference_features`` (what a server runs) keeps the resize and scaling around the
+    folded backbone: the pooled features of uint8-range photos match the trained model's."""
+    import keras
+
+    from marketsearch.config import ImageModelConfig
+    from marketsearch.models.image import build_features_model, inference_features
+
+    features = build_features_model(ImageModelConfig(input_size=64), image_size=32)
+    fast = inference_features(features)
+    assert fast is not features and fast.output.shape == features.output.shape
+    assert [layer.name for layer in fast.layers] == [layer.name for layer in features.layers]
+    assert not any(isinstance(layer, keras.layers.BatchNormalization)
+                   for layer in fast.get_layer("backbone").layers)
+    x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype("float32")
+    want = features.predict(x, verbose=0)
+    np.testing.assert_allclose(fast.predict(x, verbose=0), want, rtol=1e-4,
+                               atol=1e-4 * np.abs(want).max())
+    small = build_features_model(ImageModelConfig(backbone="small_cnn", weights=None,
+                                                  input_size=None), image_size=32)
+    assert inference_features(small) is small

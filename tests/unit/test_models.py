@@ -757,3 +757,42 @@ def test_bundles_from_before_the_split_still_predict_the_same(small_models, tmp_
     for field in ("fused_probs", "fused_embedding", "text_probs", "image_probs"):
         np.testing.assert_allclose(getattr(c, field), getattr(a, field)[photos],
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_requests_run_the_inference_copy_of_the_photo_features(small_models, tmp_path,
+                                                                monkeypatch):
+    """A request's photo (no feature cache) goes through ``Bundle.serving_features`` (the
+    folded backbone for Lite0; here a stand-in that blanks the features, so its use shows),
+    in the one-call path and the mixed one alike; batch work with a feature cache keeps the
+    trained ``parts[0]``."""
+    import marketsearch.models.image as image_models
+    from marketsearch.bundle import Bundle
+
+    img_model, txt_model, vocab, head, x_img, texts, _ = small_models
+    _write_bundle(tmp_path / "b", assemble_fused_model(img_model, txt_model, head),
+                  img_model, txt_model, vocab)
+
+    def blanked(features):
+        inputs = keras.Input(features.inputs[0].shape[1:])
+        return keras.Model(inputs, keras.layers.Lambda(lambda t: t * 0.0)(features(inputs)))
+
+    plain = Bundle(tmp_path / "b")
+    assert np.any(plain.photo_features(x_img[:3]))  # its serving_features made before the patch
+    monkeypatch.setattr(image_models, "inference_features", blanked)
+    served = Bundle(tmp_path / "b")
+    assert not np.any(served.photo_features(x_img[:3]))
+    has_image = (np.arange(len(texts)) % 3 != 0).astype("float32")
+    for bundle_has_image in (None, has_image):  # all with a photo (one call), then mixed
+        a = plain.predict(texts, x_img, has_image=bundle_has_image)
+        b = served.predict(texts, x_img, has_image=bundle_has_image)
+        assert not np.allclose(a.fused_embedding, b.fused_embedding, atol=1e-4)
+    np.testing.assert_allclose(b.text_probs, a.text_probs, rtol=1e-5)  # text untouched
+
+    class Cache:
+        def features(self, model, pixels, compute, batch_size):
+            assert model is served.parts[0]
+            return compute(pixels)
+
+    served.feature_cache = Cache()
+    np.testing.assert_allclose(served.photo_features(x_img[:3]),
+                               plain.photo_features(x_img[:3]), rtol=1e-5, atol=1e-6)

@@ -203,6 +203,24 @@ def backbone_of(image_model: keras.Model) -> keras.Model:
     return features_model(image_model).get_layer(BACKBONE_LAYER)
 
 
+def inference_features(features: keras.Model) -> keras.Model:
+    """The "image_features" model for inference: an EfficientNet-Lite0 backbone with its batch
+    norms folded into its convs (``efficientnet_lite.fold_batch_norm``: same features to float
+    rounding, less time a photo); any other backbone returned as it is. The layers around the
+    backbone (resize, scaling) are the same layer objects."""
+    from .efficientnet_lite import fold_batch_norm, is_lite0
+
+    backbone = features.get_layer(BACKBONE_LAYER)
+    if not is_lite0(backbone):
+        return features
+    inputs = keras.Input(features.inputs[0].shape[1:], dtype=features.inputs[0].dtype,
+                         name=features.inputs[0].name)
+    x = inputs
+    for layer in features.layers[1:]:  # a chain: photo -> [resize] -> scaling -> backbone
+        x = (fold_batch_norm(layer) if layer is backbone else layer)(x)
+    return keras.Model(inputs, x, name=features.name)
+
+
 def head_from_features(image_model: keras.Model, output: str = "probs") -> keras.Model:
     """features [N, F] -> the photo model's ``output`` ("probs" or "embedding"), through the
     photo model's own head layers (shared: training this trains the photo model's head)."""
