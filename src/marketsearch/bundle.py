@@ -190,6 +190,19 @@ class Bundle(Record):
         return inference_features(self.parts[0])
 
     feature_cache = None  # a FeatureCache: batch work reuses photo features across runs
+    # What runs photos that do not go through feature_cache: "tensorflow" (the traced Keras
+    # model) or "litert" (``lite_features``; a server's setting, serving.photo_runtime), with
+    # photo_threads threads a call (0: the machine's cores).
+    photo_runtime = "tensorflow"
+    photo_threads = 0
+
+    @cached_property
+    def lite_features(self):
+        """``serving_features`` converted to TensorFlow Lite and run by LiteRT
+        (``models.lite_runtime``): the same features, about a third of the time a photo."""
+        from marketsearch.models.lite_runtime import LiteModel
+
+        return LiteModel(self.serving_features, self.photo_threads)
 
     def photo_features(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Pooled backbone features of uint8 photos, read from ``feature_cache`` where a photo
@@ -199,10 +212,13 @@ class Bundle(Record):
         cached = self.feature_cache is not None
         model = self.parts[0] if cached else self.serving_features
         pixels = self.image_batch(pixels, len(pixels))
-        key = "_fn_features" if cached else "_fn_serving_features"
-        if key not in self.__dict__:
-            self.__dict__[key] = traced_features(model)
-        compute = self.__dict__[key]
+        if not cached and self.photo_runtime == "litert":
+            compute = self.lite_features
+        else:
+            key = "_fn_features" if cached else "_fn_serving_features"
+            if key not in self.__dict__:
+                self.__dict__[key] = traced_features(model)
+            compute = self.__dict__[key]
         if cached:
             return self.feature_cache.features(model, pixels, compute=compute,
                                                batch_size=batch_size)
@@ -286,8 +302,9 @@ class Bundle(Record):
         Training-time evaluation, the index build and the server all call this, so an item is
         preprocessed and run through the same traced function wherever it is seen. The
         backbone runs only for items that have a photo, through ``feature_cache`` when it is
-        set (batch work: index build, evaluation); items that all have a photo, without the
-        cache, go through both parts in one traced call (``_photo_to_fused``)."""
+        set (batch work: index build, evaluation); without it, through ``lite_features`` when
+        ``photo_runtime`` is "litert" (a server), or, where the items all have a photo, through
+        both parts in one traced call (``_photo_to_fused``)."""
         n = len(texts) if texts is not None else len(pixels)
         has_text = np.ones(n, np.float32) if has_text is None else np.asarray(has_text, np.float32)
         has_image = np.ones(n, np.float32) if has_image is None else np.asarray(has_image, np.float32)
@@ -297,7 +314,8 @@ class Bundle(Record):
             has_image = np.zeros(n, np.float32)
         text_x = self.text_batch(texts if texts is not None else [""] * n)
         with_photo = np.flatnonzero(has_image > 0)
-        if self.parts is not None and self.feature_cache is None and 0 < len(with_photo) == n:
+        if (self.parts is not None and self.feature_cache is None and 0 < len(with_photo) == n
+                and self.photo_runtime == "tensorflow"):
             forward = self._photo_to_fused()
             inputs = {"image": self.image_batch(pixels, n), "text": text_x}
         elif self.parts is not None:

@@ -73,3 +73,30 @@ def test_labels_that_do_not_match_the_model_are_refused(copy):
     checksums.write(copy)
     with pytest.raises(ValueError, match=r"predicts 13 classes \(\w*probs\) but meta.json names 12 labels"):
         Bundle(copy).fused_model  # noqa: B018
+
+
+def test_the_engine_runs_photos_by_the_configured_runtime_with_the_same_answers(bundle_dir,
+                                                                                raw_listings):
+    """serving.photo_runtime picks what runs a request's photo (LiteRT by default): the
+    answers of both runtimes agree on the category, scores, neighbours and price."""
+    import numpy as np
+
+    from marketsearch.config import ServingConfig
+    from tests.serving.conftest import photo_b64
+
+    rows = raw_listings.dropna(subset=["photo_ids"]).head(3)
+    instances = [{"product_name": row.product_name, "image_b64": photo_b64(row.photo_ids[0])}
+                 for row in rows.itertuples()]
+    instances.append({"image_b64": photo_b64(rows.iloc[0].photo_ids[0])})
+    answers = {}
+    for runtime in ("litert", "tensorflow"):
+        engine = SearchEngine.load(bundle_dir, ServingConfig(photo_runtime=runtime))
+        assert engine.bundle.photo_runtime == runtime
+        answers[runtime] = engine.answer_instances(instances)
+        assert ("lite_features" in engine.bundle.__dict__) == (runtime == "litert")
+    for lite, tf_answer in zip(answers["litert"], answers["tensorflow"]):
+        assert lite.category == tf_answer.category
+        np.testing.assert_allclose(lite.embedding, tf_answer.embedding, rtol=1e-4, atol=1e-5)
+        assert [h["product_id"] for h in lite.neighbors] == [h["product_id"]
+                                                              for h in tf_answer.neighbors]
+        np.testing.assert_allclose(lite.price, tf_answer.price, rtol=1e-3)

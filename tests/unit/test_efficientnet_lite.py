@@ -251,3 +251,42 @@ def test_the_photo_features_for_inference_are_the_trained_ones():
     small = build_features_model(ImageModelConfig(backbone="small_cnn", weights=None,
                                                   input_size=None), image_size=32)
     assert inference_features(small) is small
+
+
+def test_litert_runs_the_photo_features_as_tensorflow_does():
+    """``LiteModel`` (what a server runs a request's photo through): the features Keras
+    computes, for any batch size in turn, and from two threads at once (an interpreter each)."""
+    import threading
+
+    from marketsearch.config import ImageModelConfig
+    from marketsearch.models.image import build_features_model, inference_features
+    from marketsearch.models.lite_runtime import LiteModel
+
+    features = inference_features(build_features_model(ImageModelConfig(input_size=64), 32))
+    lite = LiteModel(features, threads=1)
+    x = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3)).astype("uint8")
+    want = features.predict(x.astype("float32"), verbose=0)
+    tol = dict(rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    for rows in (slice(0, 1), slice(1, 4), slice(4, 5)):  # resized between calls
+        np.testing.assert_allclose(lite(x[rows]), want[rows], **tol)
+    got = {}
+    threads = [threading.Thread(target=lambda i=i: got.update({i: [lite(x[i:i + 1])
+                                                                   for _ in range(5)]}))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        for out in got[i]:
+            np.testing.assert_allclose(out[0], want[i], **tol)
+
+
+def test_litert_takes_only_a_model_of_one_input_and_one_output():
+    import keras
+
+    from marketsearch.models.lite_runtime import LiteModel
+
+    a, b = keras.Input((3,)), keras.Input((3,))
+    with pytest.raises(ValueError, match="one input and one output; two_in has 2 and 1"):
+        LiteModel(keras.Model([a, b], keras.layers.Add()([a, b]), name="two_in"))

@@ -796,3 +796,25 @@ def test_requests_run_the_inference_copy_of_the_photo_features(small_models, tmp
     served.feature_cache = Cache()
     np.testing.assert_allclose(served.photo_features(x_img[:3]),
                                plain.photo_features(x_img[:3]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_bundle_run_by_litert_predicts_what_tensorflow_predicts(small_models, tmp_path):
+    """``photo_runtime = "litert"`` (a server's default, serving.photo_runtime) sends the
+    photos through ``lite_features`` and then the rest of the model: all-photo and mixed
+    batches get the fused, photo and text outputs of the TensorFlow path."""
+    from marketsearch.bundle import Bundle
+
+    img_model, txt_model, vocab, head, x_img, texts, _ = small_models
+    _write_bundle(tmp_path / "b", assemble_fused_model(img_model, txt_model, head),
+                  img_model, txt_model, vocab)
+    tf_bundle, lite = Bundle(tmp_path / "b"), Bundle(tmp_path / "b")
+    lite.photo_runtime, lite.photo_threads = "litert", 1
+    has_image = (np.arange(len(texts)) % 3 != 0).astype("float32")
+    for flags in (None, has_image):
+        a = tf_bundle.predict(texts, x_img, has_image=flags)
+        b = lite.predict(texts, x_img, has_image=flags)
+        for field in ("fused_probs", "fused_embedding", "text_probs", "image_probs"):
+            np.testing.assert_allclose(getattr(b, field), getattr(a, field), rtol=1e-4,
+                                       atol=1e-5)
+    assert "lite_features" in lite.__dict__ and "lite_features" not in tf_bundle.__dict__
+    assert "_fn_photo_to_fused" not in lite.__dict__

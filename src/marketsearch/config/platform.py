@@ -38,6 +38,12 @@ class ServingConfig(_Section):
     rerank_pool_factor: int = 10
     # Threads that run model calls beside the event loop (TensorFlow releases the GIL).
     inference_threads: int = 2
+    # What runs a request's photo through the backbone: "litert" (the photo features model
+    # converted to TensorFlow Lite when the bundle loads, a few seconds, and run by LiteRT's
+    # XNNPACK kernels: about a third of the time a photo on a CPU) or "tensorflow" (the traced
+    # Keras model). The same features to float rounding; photo_threads per call, 0: all cores.
+    photo_runtime: Literal["litert", "tensorflow"] = "litert"
+    photo_threads: int = Field(0, ge=0)
     # Hot swap: every this many seconds the server checks where its --model path points (the
     # symlink deploy swaps); a new bundle is verified and warmed beside the old one, which
     # keeps answering, then switched to. 0: never (a restart loads a new bundle).

@@ -4,8 +4,9 @@ One object does the work for the HTTP server, the ``marketsearch search`` comman
 benchmarks, so all three answer a query the same way:
 
 1. the queries' text and photos (already preprocessed by ``contract``) go through
-   ``Bundle.predict``, the same traced function the index build used, giving the fused, text
-   and photo class probabilities and the fused embedding;
+   ``Bundle.predict``, the function the index build used, giving the fused, text and photo
+   class probabilities and the fused embedding (a photo's backbone run by LiteRT or TensorFlow,
+   ``serving.photo_runtime``: the same features to float rounding);
 2. the category and scores come from the model of the query's modality: fused when it has
    text and a photo, the text model for text only, the photo model for a photo only;
 3. neighbours come from the FAISS index by the fused embedding, re-ranked by distance when
@@ -82,6 +83,7 @@ class SearchEngine:
                                     "build_index")
         self.bundle = bundle
         self.cfg = cfg or ServingConfig()
+        bundle.photo_runtime, bundle.photo_threads = self.cfg.photo_runtime, self.cfg.photo_threads
         if gazetteer is None:
             from marketsearch.geo import get_gazetteer
 
