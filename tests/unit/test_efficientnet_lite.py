@@ -290,3 +290,16 @@ def test_litert_takes_only_a_model_of_one_input_and_one_output():
     a, b = keras.Input((3,)), keras.Input((3,))
     with pytest.raises(ValueError, match="one input and one output; two_in has 2 and 1"):
         LiteModel(keras.Model([a, b], keras.layers.Add()([a, b]), name="two_in"))
+
+
+@pytest.mark.parametrize("cpu_max, cap", [("200000 100000\n", 2), ("50000 100000", 1),
+                                          ("250000 100000", 3), ("max 100000", None),
+                                          ("not a quota", None), (None, None)])
+def test_litert_threads_follow_the_pods_cpu_limit(tmp_path, cpu_max, cap):
+    from marketsearch.models.lite_runtime import available_cpus
+
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    cores = len(os.sched_getaffinity(0))
+    assert available_cpus(path) == (cores if cap is None else min(cores, cap))

@@ -41,7 +41,8 @@ class ServingConfig(_Section):
     # What runs a request's photo through the backbone: "litert" (the photo features model
     # converted to TensorFlow Lite when the bundle loads, a few seconds, and run by LiteRT's
     # XNNPACK kernels: about a third of the time a photo on a CPU) or "tensorflow" (the traced
-    # Keras model). The same features to float rounding; photo_threads per call, 0: all cores.
+    # Keras model). The same features to float rounding; photo_threads per call, 0: the CPUs
+    # the process may use (its cgroup CPU limit in a pod).
     photo_runtime: Literal["litert", "tensorflow"] = "litert"
     photo_threads: int = Field(0, ge=0)
     # Hot swap: every this many seconds the server checks where its --model path points (the

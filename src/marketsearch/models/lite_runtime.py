@@ -13,13 +13,29 @@ the batch shape it is given, so a different batch size costs one re-allocation.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+def available_cpus(cpu_max: str | Path = "/sys/fs/cgroup/cpu.max") -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod's CPU
+    limit, which ``os.cpu_count`` ignores: a 2-CPU pod on a 16-core node would otherwise start
+    16 threads a call)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file here, or not "quota period"
+        pass
+    return n
 
 
 class LiteModel:
@@ -35,7 +51,7 @@ class LiteModel:
         start = time.perf_counter()
         self.flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
         self.name = model.name
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or available_cpus()
         self._local = threading.local()
         log.info("%s converted to TensorFlow Lite in %.1f s (%.1f MB), %d threads a call",
                  model.name, time.perf_counter() - start, len(self.flatbuffer) / 1e6,
