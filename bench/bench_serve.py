@@ -229,7 +229,8 @@ def main(argv=None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
-        "bundle": str(model_dir), "listings_indexed": None, "requests_per_kind": n,
+        "bundle": str(model_dir), "photo_runtime": cfg.serving.photo_runtime,
+        "listings_indexed": None, "requests_per_kind": n,
         "server_ready_after_s": startup_s,
         "in_process": inproc, "model_call": model_only, "index_search": index_only,
         "server": server, "concurrency": load, "search": search,
@@ -263,10 +264,12 @@ def markdown(r: dict) -> str:
     m, ix = r["model_call"], r["index_search"]
     lines += [
         "",
-        f"In-process parts of a fused request: model call (fused + text + photo models, one "
-        f"traced function) p50 {m['p50_ms']:.1f} ms / p99 {m['p99_ms']:.1f} ms; index search with "
+        f"In-process parts of a fused request: model call (`Bundle.predict`: the photo backbone "
+        f"on {r.get('photo_runtime', 'tensorflow')}, then the fused, text and photo models) "
+        f"p50 {m['p50_ms']:.1f} ms / p99 {m['p99_ms']:.1f} ms; index search with "
         f"distance re-ranking p50 {ix['p50_ms']:.2f} ms / p99 {ix['p99_ms']:.2f} ms. The rest of the "
-        "in-process time is decoding and preprocessing the photo and the text.",
+        "in-process time is the request's parsing (the photo decoded, the text prepared), the "
+        "price and the neighbours' fields.",
         "",
         "## Throughput (fused requests)",
         "",
