@@ -180,8 +180,10 @@ def cmd_search(args) -> int:
         print(f"error: --image {args.image}: no such file", file=sys.stderr)
         return 2
     cfg = _config(args)
+    # One query: converting the photo model for LiteRT (seconds) would cost more than it saves.
+    serving = cfg.serving.model_copy(update={"photo_runtime": "tensorflow"})
     try:
-        engine = SearchEngine.load(_serving_model_dir(cfg, args.model), cfg.serving)
+        engine = SearchEngine.load(_serving_model_dir(cfg, args.model), serving)
     except IntegrityError as exc:
         print(f"error: refusing the bundle: {exc}", file=sys.stderr)
         return 2

@@ -41,7 +41,14 @@ def test_photo_and_town_search_as_json_matches_the_server_contract(bundle_dir, c
     assert all(n["distance_km"] is not None for n in pred["neighbors"])
 
 
-def test_photo_only_search_uses_the_photo_model(bundle_dir, capsys):
+def test_photo_only_search_uses_the_photo_model(bundle_dir, capsys, monkeypatch):
+    """... through TensorFlow: one query does not pay for a LiteRT conversion (a server's)."""
+    from marketsearch.models import lite_runtime
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("marketsearch search converted the photo model for LiteRT")
+
+    monkeypatch.setattr(lite_runtime.LiteModel, "__init__", no_conversion)
     photo = sorted((FIXTURE / "images").glob("*.jpg"))[1]
     code, out, _ = run(capsys, "--image", str(photo), "--json", "--model", str(bundle_dir))
     assert code == 0
