@@ -192,7 +192,7 @@ class Bundle(Record):
     feature_cache = None  # a FeatureCache: batch work reuses photo features across runs
     # What runs photos that do not go through feature_cache: "tensorflow" (the traced Keras
     # model) or "litert" (``lite_features``; a server's setting, serving.photo_runtime), with
-    # photo_threads threads a call (0: the machine's cores).
+    # photo_threads threads a call (0: the CPUs the process may use).
     photo_runtime = "tensorflow"
     photo_threads = 0
 
