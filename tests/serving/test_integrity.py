@@ -78,7 +78,7 @@ def test_labels_that_do_not_match_the_model_are_refused(copy):
 def test_the_engine_runs_photos_by_the_configured_runtime_with_the_same_answers(bundle_dir,
                                                                                 raw_listings):
     """serving.photo_runtime picks what runs a request's photo (LiteRT by default): the
-    answers of both runtimes agree on the category, scores, neighbours and price."""
+    answers of both runtimes agree on the category, embedding, neighbours and price."""
     import numpy as np
 
     from marketsearch.config import ServingConfig
